@@ -1,0 +1,160 @@
+"""The agent interface every AI vendor implements, and the events an agent emits.
+
+An agent is created per call with an AgentContext. The call:
+  1. awaits `connect()` (raising AgentRefused when the vendor says no: bad key, quota, unknown model);
+  2. feeds caller audio with `send_audio()` (one or two 20 ms frames, in `input_format`) and DTMF with `send_dtmf()`;
+  3. consumes `events()` until it ends (AgentClosed is its last event);
+  4. awaits `aclose()` in every case.
+
+Audio events carry bytes in `output_format`; the call converts to G.711 8 kHz when the formats differ.
+Reconnecting a dropped vendor socket is the agent's own business: `events()` simply goes quiet meanwhile,
+and the call's RTP keeps flowing (silence towards the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from bridge.config import AgentPrompt, Settings
+from bridge.media import CallInfo, Codec
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """An agent's wire audio: G.711 at 8 kHz, or PCM16 little-endian mono at `rate`."""
+
+    encoding: Literal["pcmu", "pcma", "pcm16"]
+    rate: int = 8000
+
+    @classmethod
+    def of(cls, codec: Codec) -> AudioFormat:
+        return cls("pcmu" if codec is Codec.PCMU else "pcma", 8000)
+
+
+# ---- events out of an agent -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentAudio:
+    """Agent speech in the agent's output format, any length. `item_id` names the reply it belongs to."""
+
+    data: bytes
+    item_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentTurnEnd:
+    """The agent finished sending a reply: a trailing partial frame may be padded and played."""
+
+
+@dataclass(frozen=True)
+class AgentInterrupted:
+    """The caller barged in (or the model was interrupted): drop every queued frame at once."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One utterance: who said what."""
+
+    role: Literal["caller", "agent"]
+    text: str
+
+
+@dataclass(frozen=True)
+class HangupRequest:
+    """The agent ends the call (end_call tool): after the queued goodbye audio has been played."""
+
+    reason: str = "agent ended the call"
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """The agent hands the caller to `destination` (transfer_call tool); empty means the configured default."""
+
+    destination: str = ""
+
+
+@dataclass(frozen=True)
+class AgentClosed:
+    """The agent session is over. `error` marks an abnormal end (vendor error, reconnects exhausted)."""
+
+    reason: str
+    error: bool = False
+
+
+AgentEvent = AgentAudio | AgentTurnEnd | AgentInterrupted | Transcript | HangupRequest | TransferRequest | AgentClosed
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What an agent gets to know about its call.
+
+    played_ms(item_id) is how many milliseconds of that reply's audio the caller has actually heard
+    (frames that left on the wire), which OpenAI's `conversation.item.truncate` needs after a barge-in.
+    """
+
+    call: CallInfo
+    codec: Codec
+    settings: Settings
+    played_ms: Callable[[str], int]
+    log: logging.LoggerAdapter
+
+    @property
+    def prompt(self) -> AgentPrompt:
+        return self.settings.prompt
+
+
+class Agent(ABC):
+    """One AI session for one call."""
+
+    input_format: AudioFormat
+    output_format: AudioFormat
+
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open and configure the vendor session. Raises AgentRefused when the vendor refuses it."""
+
+    @abstractmethod
+    async def send_audio(self, data: bytes) -> None:
+        """Pass caller audio (in `input_format`) on to the vendor. Never blocks on a slow vendor for long."""
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Tell the agent the caller pressed a key. Default: ignored."""
+        return None
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[AgentEvent]:
+        """The agent's events; the iterator ends after AgentClosed."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close the vendor session (idempotent)."""
+
+
+def make_agent(ctx: AgentContext) -> Agent:
+    """Create the configured vendor's agent for one call (vendor modules are imported on first use)."""
+    vendor = ctx.settings.ai_vendor
+    if vendor == "echo":
+        from bridge.vendors.echo import EchoAgent
+
+        return EchoAgent(ctx)
+    if vendor in ("openai", "azure"):
+        from bridge.vendors.openai import OpenAIAgent
+
+        return OpenAIAgent(ctx)
+    if vendor == "deepgram":
+        from bridge.vendors.deepgram import DeepgramAgent
+
+        return DeepgramAgent(ctx)
+    if vendor == "gemini":
+        from bridge.vendors.gemini import GeminiAgent
+
+        return GeminiAgent(ctx)
+    raise ValueError(f"unknown AI vendor {vendor!r}")
