@@ -42,6 +42,7 @@ class MediaLeg:
     codec: Codec = Codec.PCMU
     payload_type: int | None = None  # defaults to codec.payload_type
     dtmf_payload_type: int | None = None  # RFC 4733 telephone-event PT, when negotiated
+    raw: bool = False  # headerless G.711 datagrams (FreeSWITCH `unicast`), not RTP
 
     @property
     def pt(self) -> int:

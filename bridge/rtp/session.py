@@ -41,8 +41,9 @@ class RtpReceiver:
     the peer's address; from then on packets from any other address are counted and dropped.
     """
 
-    def __init__(self, signalled: Address | None, audio_pt: int, dtmf_pt: int | None) -> None:
+    def __init__(self, signalled: Address | None, audio_pt: int, dtmf_pt: int | None, raw: bool = False) -> None:
         self.signalled = signalled
+        self.raw = raw  # headerless frames (FreeSWITCH unicast): the datagram is the payload
         self.peer: Address | None = None
         self.audio_pt = audio_pt
         self.dtmf_pt = dtmf_pt
@@ -63,6 +64,10 @@ class RtpReceiver:
         elif source != self.peer:
             self.stats.foreign += 1
             return None
+        if self.raw:
+            self.peer = source
+            self.stats.received += 1
+            return Audio(data, self.stats.received & 0xFFFF)
         try:
             packet = RtpPacket.parse(data)
             event = TelephoneEvent.parse(packet.payload) if packet.payload_type == self.dtmf_pt else None

@@ -1,0 +1,110 @@
+"""The process: one MediaCore shared by every configured ingress, run in one TaskGroup, drained on SIGTERM.
+
+Shutdown steps: 1. stop taking calls (SIP answers 503, ARI continues new channels in the dialplan);
+2. let live calls finish until SHUTDOWN_DRAIN_SEC; 3. cancel the ingresses, which hang up what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+
+from bridge.call import MediaCore
+from bridge.config import Settings
+
+log = logging.getLogger("bridge")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+
+
+def ingresses(settings: Settings) -> list[tuple[str, object]]:
+    """The (name, serve function) of every ingress the settings switch on."""
+    found: list[tuple[str, object]] = []
+    if settings.sip_enabled:
+        from bridge.sip.transport import serve_sip
+
+        found.append(("sip", serve_sip))
+    if settings.ari_url:
+        from bridge.pbx.ari.app import serve_ari
+
+        found.append(("ari", serve_ari))
+    if settings.esl_listen:
+        from bridge.pbx.esl.server import serve_esl
+
+        found.append(("esl", serve_esl))
+    if settings.esl_inbound:
+        from bridge.pbx.esl.inbound import serve_esl_inbound
+
+        found.append(("esl-inbound", serve_esl_inbound))
+    return found
+
+
+def describe(settings: Settings) -> list[str]:
+    """The start-up lines: where the adapter listens, which agent it uses, how to call it."""
+    lines = [f"agent: {settings.ai_vendor}" + (" (set AI_VENDOR and its key for a real AI)"
+                                               if settings.ai_vendor == "echo" else "")]
+    if settings.sip_enabled:
+        where = f"{settings.sip_domain}:{settings.sip_port}"
+        lines.append(f"SIP: listening on {settings.sip_transport_type} {where}; "
+                     f"call it: .venv/bin/sip-to-ai call sip:echo@{where}")
+        if any(net.prefixlen == 0 for net in settings.sip_allowed_cidrs):
+            lines.append("WARNING: SIP_ALLOWED_CIDRS admits every address: anyone can place calls that spend API money")
+    if settings.ari_url:
+        lines.append(f"ARI: Stasis application {settings.ari_app!r} at {settings.ari_url}")
+    if settings.esl_listen:
+        lines.append("ESL: outbound socket on {}:{}".format(*settings.esl_listen))
+    if settings.esl_inbound:
+        lines.append("ESL: inbound control to {}:{}".format(*settings.esl_inbound))
+    lines.append(f"RTP: {settings.media_host} ports {settings.rtp_port_min}-{settings.rtp_port_max}")
+    return lines
+
+
+async def serve(settings: Settings, core: MediaCore | None = None) -> None:
+    """Run every configured ingress until SIGTERM/SIGINT, then drain."""
+    core = core or MediaCore(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    for line in describe(settings):
+        log.info(line)
+    for name in ("UPLINK_BUF_FRAMES", "DOWNLINK_BUF_FRAMES"):
+        if name in os.environ:
+            log.info("%s is accepted but sip-to-ai sizes its own buffers (1 s uplink, PLAYOUT_MAX_SECONDS)", name)
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(fn(core, settings), name=name) for name, fn in ingresses(settings)]  # type: ignore[operator]
+        if not tasks:
+            log.warning("no ingress is configured (SIP_ENABLED=false and no ARI_URL/ESL_LISTEN)")
+        await stop.wait()
+        log.info("= shutting down: no new calls; %d live call(s) may finish within %.0f s",
+                 len(core.calls), settings.drain_seconds)
+        core.draining = True
+        await core.wait_idle(settings.drain_seconds)
+        for task in tasks:
+            task.cancel()

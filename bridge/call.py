@@ -1,0 +1,260 @@
+"""The call: one media leg to one agent, run as one TaskGroup; and the MediaCore that creates calls.
+
+Uplink: RTP datagram -> RtpReceiver -> converter -> queue -> agent.send_audio.
+Downlink: agent events -> converter -> Playout; the shared clock sends one frame per tick.
+Nothing here knows which PBX a call came from: ingresses hand in a CallInfo and a MediaLeg and get back
+the local media address; they implement CallControl for hang-up and transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from bridge.clock import SharedClock
+from bridge.codec import convert
+from bridge.config import Settings
+from bridge.errors import AgentError
+from bridge.media import FRAME_MS, Address, CallControl, CallInfo, MediaLeg
+from bridge.rtp.endpoint import PortPool, RtpEndpoint
+from bridge.rtp.playout import Playout
+from bridge.rtp.session import Audio, Dtmf
+from bridge.vendors import base
+from bridge.vendors.base import (
+    Agent,
+    AgentAudio,
+    AgentClosed,
+    AgentContext,
+    AgentInterrupted,
+    AgentTurnEnd,
+    HangupRequest,
+    Transcript,
+    TransferRequest,
+)
+
+log = logging.getLogger("bridge.call")
+
+UPLINK_QUEUE = 50  # frames (1 s) of caller audio waiting for a slow vendor socket; older ones are dropped
+DRAIN_LIMIT = 30.0  # seconds of goodbye audio an end_call waits for at most
+CLEANUP_TIMEOUT = 5.0  # seconds each release step may take
+
+
+class CallLog(logging.LoggerAdapter):
+    def process(self, msg, kwargs):  # type: ignore[no-untyped-def]
+        return f"[{self.extra['call_id']}] {msg}", kwargs
+
+
+class Call:
+    """One call's media and agent. Create through MediaCore.create_call, then `await run(control)`."""
+
+    def __init__(self, core: MediaCore, info: CallInfo, leg: MediaLeg, log_: logging.LoggerAdapter) -> None:
+        self.core = core
+        self.info = info
+        self.log = log_
+        self.playout = Playout(leg.codec.silence, core.settings.playout_max_seconds)
+        self.endpoint = RtpEndpoint(leg, self.playout, self._on_media)
+        self._uplink: asyncio.Queue[bytes | str] = asyncio.Queue(UPLINK_QUEUE)
+        self.uplink_dropped = 0
+        self._ended = asyncio.Event()
+        self.reason = ""
+        self._closed = False
+        self.agent: Agent | None = None
+        self._to_agent: convert.Converter = convert._identity
+        self._from_agent: convert.Converter = convert._identity
+
+    @property
+    def call_id(self) -> str:
+        return self.info.call_id
+
+    @property
+    def local_address(self) -> Address:
+        return self.endpoint.local_address
+
+    # -- what ingresses call ----------------------------------------------------------------------------------
+
+    def update_media(self, leg: MediaLeg) -> None:
+        """The remote media moved or its codec changed (re-INVITE, learned address)."""
+        if leg.codec is not self.endpoint.leg.codec and self.agent is not None:
+            self._bind_converters(leg)
+            self.playout.silence_frame = bytes([leg.codec.silence]) * len(self.playout.silence_frame)
+        self.endpoint.retarget(leg)
+
+    def set_sending(self, on: bool) -> None:
+        """Hold (the peer signalled sendonly/inactive) stops our RTP; unhold resumes it."""
+        self.endpoint.sending = on
+
+    def dtmf(self, key: str) -> None:
+        """Out-of-band DTMF (ARI, ESL)."""
+        self._enqueue(key)
+
+    def end(self, reason: str) -> None:
+        """The PBX side ended the call; run() returns once everything is released."""
+        if not self._ended.is_set():
+            self.reason = reason
+            self._ended.set()
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    async def _start(self, agent_factory: Callable[[AgentContext], Agent]) -> None:
+        sock = self.core.ports.bind(self.core.settings.media_host)
+        await self.endpoint.open(sock)
+        ctx = AgentContext(self.info, self.endpoint.leg.codec, self.core.settings, self.playout.played_ms, self.log)
+        self.agent = agent_factory(ctx)
+        self._bind_converters(self.endpoint.leg)
+        async with asyncio.timeout(self.core.settings.ai_connection_timeout_sec + 1):
+            await self.agent.connect()
+
+    def _bind_converters(self, leg: MediaLeg) -> None:
+        assert self.agent is not None
+        self._to_agent = convert.uplink(leg.codec, self.agent.input_format)
+        self._from_agent = convert.downlink(self.agent.output_format, leg.codec)
+
+    async def run(self, control: CallControl) -> str:
+        """Carry the call until either side ends it; release everything; return the reason (logged once)."""
+        self.core.clock.register(self.endpoint)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._pump_uplink()), tg.create_task(self._pump_agent(control))]
+                await self._ended.wait()
+                for task in tasks:
+                    task.cancel()
+        except* AgentError as eg:
+            self.reason = self.reason or f"agent failed: {eg.exceptions[0]}"
+        except* OSError as eg:
+            self.reason = self.reason or f"media failed: {eg.exceptions[0]}"
+        finally:
+            await self.aclose()
+        return self.reason
+
+    async def aclose(self) -> None:
+        """Release the RTP port, the clock slot and the agent session. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.core.calls.get(self.call_id) is self:
+            del self.core.calls[self.call_id]
+        self.core.clock.unregister(self.endpoint)
+        self.endpoint.close()
+        self.core.ports.release(self.local_address[1])
+        if self.agent is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLEANUP_TIMEOUT):
+                    await self.agent.aclose()
+        stats = self.endpoint.stats
+        self.log.info(
+            "x call ended: %s (rtp in %d, out %d, malformed %d, foreign %d, uplink dropped %d)",
+            self.reason or "released", stats.received, stats.sent, stats.malformed, stats.foreign,
+            self.uplink_dropped,
+        )
+
+    # -- the pumps --------------------------------------------------------------------------------------------
+
+    def _on_media(self, media: Audio | Dtmf) -> None:
+        if isinstance(media, Audio):
+            self._enqueue(self._to_agent(media.payload))
+        else:
+            self._enqueue(media.key)
+
+    def _enqueue(self, item: bytes | str) -> None:
+        if self._uplink.full():  # the vendor is not keeping up: the oldest audio goes, the call goes on
+            self._uplink.get_nowait()
+            self.uplink_dropped += 1
+        self._uplink.put_nowait(item)
+
+    async def _pump_uplink(self) -> None:
+        assert self.agent is not None
+        while True:
+            item = await self._uplink.get()
+            if isinstance(item, str):
+                self.log.info("< dtmf %s", item)
+                await self.agent.send_dtmf(item)
+            else:
+                await self.agent.send_audio(item)
+
+    async def _pump_agent(self, control: CallControl) -> None:
+        assert self.agent is not None
+        async for event in self.agent.events():
+            match event:
+                case AgentAudio(data=data, item_id=item_id):
+                    self.playout.push(self._from_agent(data), item_id)
+                case AgentTurnEnd():
+                    self.playout.end_turn()
+                case AgentInterrupted():
+                    dropped = self.playout.clear()
+                    self.log.info("= barge-in: dropped %d ms of queued audio", dropped // 8)
+                case Transcript(role=role, text=text):
+                    self.log.info("%s %s: %s", "<" if role == "caller" else ">", role, text)
+                case HangupRequest(reason=reason):
+                    await self._drain()
+                    self.log.info("> agent hangs up: %s", reason)
+                    await control.hangup(reason)
+                    self.end(f"agent hung up: {reason}")
+                    return
+                case TransferRequest(destination=destination):
+                    await self._drain()
+                    self.log.info("> agent transfers to %r", destination)
+                    await control.transfer(destination)
+                    self.end(f"transferred to {destination or 'default'}")
+                    return
+                case AgentClosed(reason=reason, error=error):
+                    (self.log.warning if error else self.log.info)("x agent closed: %s", reason)
+                    await control.hangup(reason)
+                    self.end(f"agent closed: {reason}")
+                    return
+        self.end("agent events ended")
+
+    async def _drain(self) -> None:
+        """Let the queued goodbye audio reach the caller (bounded)."""
+        self.playout.end_turn()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(DRAIN_LIMIT):
+                while len(self.playout):
+                    await asyncio.sleep(FRAME_MS / 1000)
+        await asyncio.sleep(FRAME_MS / 1000)  # the last frame leaves on the next tick
+
+
+class MediaCore:
+    """Creates calls, owns the shared clock and the RTP port pool, and knows every live call."""
+
+    def __init__(self, settings: Settings, agent_factory: Callable[[AgentContext], Agent] | None = None) -> None:
+        self.settings = settings
+        self.clock = SharedClock()
+        self.ports = PortPool(settings.rtp_port_min, settings.rtp_port_max)
+        self.calls: dict[str, Call] = {}
+        self.draining = False
+        self._agent_factory = agent_factory
+
+    def admit(self) -> str | None:
+        """None when a new call may start, else the reason it may not."""
+        if self.draining:
+            return "shutting down"
+        if len(self.calls) >= self.settings.max_calls:
+            return f"max calls ({self.settings.max_calls}) reached"
+        return None
+
+    async def create_call(self, info: CallInfo, leg: MediaLeg) -> Call:
+        """Bind the call's RTP and connect its agent.
+
+        Raises:
+            AgentRefused: the vendor refused the session (nothing is left allocated).
+            NoPortAvailable: the RTP port range is exhausted.
+        """
+        call = Call(self, info, leg, CallLog(log, {"call_id": info.call_id}))
+        self.calls[info.call_id] = call
+        try:
+            await call._start(self._agent_factory or base.make_agent)
+        except BaseException:
+            call.reason = call.reason or "agent refused"
+            await call.aclose()
+            raise
+        call.log.info("= call from %r via %s, rtp %s:%d", info.caller, info.ingress, *call.local_address)
+        return call
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait until no call is live, or `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.calls:
+                    await asyncio.sleep(0.1)

@@ -1,0 +1,44 @@
+"""The `sip-to-ai` command: serve | call | check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from bridge import config
+from bridge.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["call"]:
+        from bridge.caller import main as call_main
+
+        return call_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="sip-to-ai", description="Realtime voice AI on phone calls.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the adapter (echo agent unless AI_VENDOR is set)")
+    sub.add_parser("call", help="place test calls: sip-to-ai call sip:user@host:port [--seconds N] ...")
+    sub.add_parser("check-config", help="load and validate the configuration, print it with secrets redacted")
+    args = parser.parse_args(argv)
+    try:
+        settings = config.load()
+    except ConfigError as exc:
+        print(f"sip-to-ai: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(repr(settings))
+        return 0
+    from bridge.app import serve, setup_logging
+
+    setup_logging(settings)
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
