@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (never assert times): `python -m bridge.bench codec|pacing|vendors|all`."""

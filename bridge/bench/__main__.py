@@ -1,0 +1,28 @@
+"""`python -m bridge.bench [codec|pacing|vendors|all] [options]`: print the figures, with the command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bridge.bench")
+    parser.add_argument("which", nargs="?", default="all", choices=["codec", "pacing", "vendors", "all"])
+    parser.add_argument("--calls", default="1,100,500", help="pacing: comma-separated call counts")
+    parser.add_argument("--seconds", type=float, default=10.0, help="pacing: seconds measured per run")
+    args = parser.parse_args()
+    for name in ("codec", "pacing", "vendors") if args.which == "all" else (args.which,):
+        try:
+            module = importlib.import_module(f"bridge.bench.{name}")
+        except ModuleNotFoundError as exc:
+            print(f"[{name}] not available: {exc}")
+            continue
+        if name == "pacing":
+            module.run([int(n) for n in args.calls.split(",")], args.seconds)
+        else:
+            module.run()
+
+
+if __name__ == "__main__":
+    main()
