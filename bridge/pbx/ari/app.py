@@ -1,0 +1,269 @@
+"""The Stasis application: each caller channel entering it becomes a core call bridged to an ExternalMedia channel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.call import Call, MediaCore
+from bridge.config import Settings
+from bridge.errors import AgentError, ConfigError, NoPortAvailable
+from bridge.media import Address, CallInfo, Codec, MediaLeg
+from bridge.pbx.ari.client import AriClient, AriError
+from bridge.pbx.ari.models import (
+    ApplicationReplaced,
+    AriEvent,
+    Channel,
+    ChannelDestroyed,
+    ChannelDtmfReceived,
+    StasisEnd,
+    StasisStart,
+)
+
+log = logging.getLogger(__name__)
+
+REFUSED_VARIABLE = "SIP_TO_AI_REFUSED"  # set on a channel continued in the dialplan because no call could start
+MEDIA_TECHNOLOGIES = ("UnicastRTP", "AudioSocket", "WebSocket")  # ExternalMedia channels: never callers
+CODECS = {"ulaw": Codec.PCMU, "alaw": Codec.PCMA}  # ExternalMedia RTP formats the G.711 core speaks
+CLEANUP_TIMEOUT = 5.0  # seconds for the DELETEs that release one call in Asterisk
+ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+class AriCall:
+    """One caller channel's resources in Asterisk, and its CallControl (hang-up and transfer)."""
+
+    def __init__(self, ari: AriClient, settings: Settings, channel: Channel) -> None:
+        self.ari = ari
+        self.settings = settings
+        self.channel = channel
+        self.media_id = f"{channel.id}-media"  # ExternalMedia channel id, derived from the call's id
+        self.bridge_id = f"{channel.id}-bridge"
+        self.call: Call | None = None
+        self.media_created = False
+        self.bridge_created = False
+        self.gone_reason = ""  # set when Asterisk says the caller left (StasisEnd, ChannelDestroyed, 404)
+        self.releasing = False
+
+    def gone(self, reason: str) -> None:
+        """The caller's channel left our application: end the call (once)."""
+        if not self.gone_reason:
+            self.gone_reason = reason
+        if self.call is not None:
+            self.call.end(self.gone_reason)
+
+    async def hangup(self, reason: str) -> None:
+        """CallControl: DELETE the caller's channel (already gone is fine)."""
+        await _tolerate_gone(self.ari.hangup(self.channel.id, "normal"))
+
+    async def transfer(self, destination: str) -> None:
+        """CallControl: `continue` in the dialplan (context/extension) or `redirect` to an endpoint, per config."""
+        s = self.settings
+        target = destination or s.transfer_extension
+        if s.ari_transfer_mode == "redirect":
+            if not target:
+                raise AriError("transfer: redirect needs a TECH/resource destination or TRANSFER_EXTENSION")
+            await self.ari.redirect(self.channel.id, target)
+        elif target:
+            await self.ari.continue_in_dialplan(self.channel.id, s.transfer_context, target, 1)
+        else:
+            await self.ari.continue_in_dialplan(self.channel.id)
+
+
+async def _tolerate_gone(request: Awaitable[Any]) -> None:
+    """Await a REST call whose target may already be gone (404 is success for a DELETE)."""
+    try:
+        await request
+    except AriError as exc:
+        if exc.status != 404:
+            raise
+
+
+class StasisApp:
+    """Turns the application's events into calls and releases what each call made in Asterisk."""
+
+    def __init__(self, core: MediaCore, settings: Settings, ari: AriClient, tg: asyncio.TaskGroup) -> None:
+        self.core = core
+        self.settings = settings
+        self.ari = ari
+        self.tg = tg
+        self.codec = CODECS[settings.ari_format]
+        self.calls: dict[str, AriCall] = {}  # by caller channel id
+        self.media_ids: set[str] = set()
+        self.orphans: set[tuple[str, str]] = set()  # ("channel"|"bridge", id) a DELETE could not reach
+
+    # ---- events ---------------------------------------------------------------------------------------------
+
+    def on_event(self, event: AriEvent) -> None:
+        match event:
+            case StasisStart(channel=ch) if ch.id in self.media_ids or ch.technology in MEDIA_TECHNOLOGIES:
+                pass  # our own ExternalMedia channel entering the app
+            case StasisStart(channel=ch, args=args) if ch.id not in self.calls:
+                log.info("< StasisStart %s (%s) from %r args=%s", ch.id, ch.name, ch.caller_number, list(args))
+                session = AriCall(self.ari, self.settings, ch)
+                self.calls[ch.id] = session
+                self.tg.create_task(self._serve(session, args), name=f"ari-call-{ch.id}")
+            case StasisEnd(channel=ch) | ChannelDestroyed(channel=ch):
+                self._left(ch, type(event).__name__)
+            case ChannelDtmfReceived(channel=ch, digit=digit) if ch.id in self.calls:
+                call = self.calls[ch.id].call
+                if call is not None:
+                    call.dtmf(digit)
+            case ApplicationReplaced():
+                log.error("! another websocket took over ARI app %r: give each adapter its own ARI_APP",
+                          self.settings.ari_app)
+
+    def _left(self, ch: Channel, why: str) -> None:
+        if ch.id in self.calls:
+            self.calls[ch.id].gone(f"caller left ({why})")
+            return
+        for session in self.calls.values():  # the ExternalMedia channel vanished under a live call
+            if session.media_id == ch.id and not session.releasing:
+                session.gone(f"media channel ended ({why})")
+
+    async def on_connect(self, reconnected: bool) -> None:
+        """After a reconnect: calls whose channel is gone end; DELETEs that failed meanwhile are retried."""
+        if not reconnected:
+            return
+        for session in list(self.calls.values()):
+            try:
+                if await self.ari.get_channel(session.channel.id) is None:
+                    session.gone("caller channel gone while ARI was disconnected")
+            except AriError as exc:
+                log.warning("! ari: cannot check channel %s: %s", session.channel.id, exc)
+        for kind, ident in sorted(self.orphans):
+            await self._delete(kind, ident)
+
+    # ---- one call -------------------------------------------------------------------------------------------
+
+    async def _serve(self, session: AriCall, args: tuple[str, ...]) -> None:
+        cancelled = False
+        try:
+            await self._setup_and_run(session, args)
+        except AriError as exc:
+            log.warning("! ari call %s: %s", session.channel.id, exc)
+            if session.call is not None:
+                session.call.reason = session.call.reason or str(exc)
+        except asyncio.CancelledError:
+            cancelled = True  # shutdown: hang the caller up below, then re-raise
+            raise
+        finally:
+            await self._release(session, hangup_caller=cancelled)
+
+    async def _setup_and_run(self, session: AriCall, args: tuple[str, ...]) -> None:
+        ch = session.channel
+        refused = self.core.admit()
+        if refused is not None:
+            await self._refuse(ch, refused)
+            return
+        if ch.state != "Up":
+            await self.ari.answer(ch.id)
+        info = CallInfo(ch.id, "ari", ch.caller_number, ch.exten, await self._metadata(ch, args))
+        try:
+            session.call = await self.core.create_call(info, MediaLeg(remote=None, codec=self.codec))
+        except (AgentError, NoPortAvailable, TimeoutError) as exc:
+            await self._refuse(ch, f"{type(exc).__name__}: {exc}")
+            return
+        if session.gone_reason:
+            session.call.end(session.gone_reason)
+            return
+        remote = await self._bridge_media(session, session.call.local_address)
+        session.call.update_media(MediaLeg(remote=remote, codec=self.codec))
+        reason = await session.call.run(session)
+        log.info("x ari call %s ended: %s", ch.id, reason)
+
+    async def _bridge_media(self, session: AriCall, local: Address) -> Address:
+        """ExternalMedia towards our RTP socket, a mixing bridge with both channels; returns Asterisk's RTP address."""
+        host, port = local
+        external_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.media_ids.add(session.media_id)
+        session.media_created = True  # from here on release() deletes it (404 if the POST failed is fine)
+        media = await self.ari.external_media(session.media_id, external_host, self.settings.ari_format)
+        session.bridge_created = True
+        await self.ari.create_bridge(session.bridge_id, f"sip-to-ai {session.channel.id}")
+        await self.ari.add_channels(session.bridge_id, [session.channel.id, session.media_id])
+        return await self._media_address(media)
+
+    async def _media_address(self, media: Channel) -> Address:
+        """UNICASTRTP_LOCAL_ADDRESS/PORT from the ExternalMedia reply, else read as channel variables."""
+        values: dict[str, str] = {}
+        for name in ("UNICASTRTP_LOCAL_ADDRESS", "UNICASTRTP_LOCAL_PORT"):
+            value = media.channelvars.get(name) or await self.ari.get_variable(media.id, name)
+            if not value:
+                raise AriError(f"ExternalMedia channel {media.id} has no {name}")
+            values[name] = value
+        host = values["UNICASTRTP_LOCAL_ADDRESS"]
+        if host in ANY_ADDRESS:  # Asterisk bound RTP to the wildcard: it is reachable where ARI is
+            host = _url_host(self.ari.base)
+        return host, int(values["UNICASTRTP_LOCAL_PORT"])
+
+    async def _metadata(self, ch: Channel, args: tuple[str, ...]) -> Mapping[str, str]:
+        meta = {"channel": ch.name, "caller_name": ch.caller_name, "context": ch.context, "args": ",".join(args)}
+        meta.update({f"arg{i}": a for i, a in enumerate(args, 1)})
+        if ch.protocol_id:
+            meta["protocol_id"] = ch.protocol_id
+        for name in self.settings.ari_variables:
+            value = await self.ari.get_variable(ch.id, name)
+            if value is not None:
+                meta[name] = value
+        return meta
+
+    async def _refuse(self, ch: Channel, why: str) -> None:
+        """No call: send the channel on in the dialplan, saying why, so the PBX can route it elsewhere."""
+        log.warning("! ari call %s refused: %s; continuing it in the dialplan", ch.id, why)
+        await self.ari.set_variable(ch.id, REFUSED_VARIABLE, why)
+        await self.ari.continue_in_dialplan(ch.id)
+
+    async def _release(self, session: AriCall, hangup_caller: bool) -> None:
+        """Delete the ExternalMedia channel and the bridge, release the core call; bounded, never raises."""
+        session.releasing = True
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                if hangup_caller and not session.gone_reason:
+                    await self._delete("channel", session.channel.id)
+                if session.media_created:
+                    await self._delete("channel", session.media_id)
+                if session.bridge_created:
+                    await self._delete("bridge", session.bridge_id)
+        except TimeoutError:
+            log.warning("! ari call %s: cleanup timed out", session.channel.id)
+        finally:
+            if session.call is not None:
+                await session.call.aclose()
+            self.media_ids.discard(session.media_id)
+            self.calls.pop(session.channel.id, None)
+
+    async def _delete(self, kind: str, ident: str) -> None:
+        """DELETE a channel or bridge; 404 is done; unreachable is remembered and retried after reconnect."""
+        request = self.ari.hangup(ident) if kind == "channel" else self.ari.delete_bridge(ident)
+        try:
+            await _tolerate_gone(request)
+            self.orphans.discard((kind, ident))
+        except AriError as exc:
+            log.warning("! ari: cannot delete %s %s: %s", kind, ident, exc)
+            if exc.status is None:
+                self.orphans.add((kind, ident))
+
+
+def _url_host(url: str) -> str:
+    return urlsplit(url).hostname or "127.0.0.1"
+
+
+async def serve_ari(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run the Stasis application `ARI_APP` on the Asterisk at `ARI_URL` until cancelled.
+
+    Raises:
+        ConfigError: ARI_FORMAT=slin16 (ExternalMedia RTP cannot carry it back to Asterisk: dynamic PT 118
+            is dropped, pbx.md §1.6; the core speaks G.711).
+    """
+    if settings.ari_format not in CODECS:
+        raise ConfigError(
+            f"ARI_FORMAT={settings.ari_format} is not supported: Asterisk drops slin16 (PT 118) sent back over "
+            "ExternalMedia RTP; use ulaw or alaw"
+        )
+    ari = AriClient(settings.ari_url, settings.ari_username, settings.ari_password, settings.ari_app)
+    async with ari, asyncio.TaskGroup() as tg:
+        app = StasisApp(core, settings, ari, tg)
+        tg.create_task(ari.listen(app.on_event, app.on_connect, ready), name="ari-events")
