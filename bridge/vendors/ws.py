@@ -9,6 +9,7 @@ A vendor module subclasses `WsAgent` and only translates; it implements four hoo
                                Send(message)   a reply to the vendor (tool result, truncate, ...)
                                Ready()         the session is configured: caller audio may flow
                                VendorError(m)  logged; before Ready it refuses the session (AgentRefused)
+                               Reconnect(why)  close this socket and reopen it resumed (Gemini goAway)
     audio_message(data)   -> message          caller audio (in input_format) as the vendor wants it
 and optionally `on_reconnect()` (reset per-connection state, e.g. keep a resumption handle for the next
 on_open) and `keepalive` (a message sent after so many idle seconds).
@@ -82,7 +83,14 @@ class VendorError:
     fatal: bool = False
 
 
-Action = AgentEvent | Send | Ready | VendorError
+@dataclass(frozen=True)
+class Reconnect:
+    """Move to a new connection now (Gemini goAway): close this one and reopen as after a drop."""
+
+    reason: str
+
+
+Action = AgentEvent | Send | Ready | VendorError | Reconnect
 
 
 @dataclass(frozen=True)
@@ -339,7 +347,7 @@ class WsSession:
             if not self._closing:
                 self._finish(AgentClosed(f"{self.agent.vendor} session ended", error=True))
 
-    async def _serve(self, ws: ClientConnection) -> ConnectionClosed | None:
+    async def _serve(self, ws: ClientConnection) -> ConnectionClosed | _Reconnect | None:
         """Run sender and receiver on one connection until it closes; return how it closed (None: fatal)."""
         async with asyncio.TaskGroup() as tg:
             sender = tg.create_task(self._send_loop(ws))
@@ -349,6 +357,10 @@ class WsSession:
                         self._apply(action)
             except ConnectionClosed as exc:
                 return exc
+            except _Reconnect as exc:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(1000), CLOSE_TIMEOUT)
+                return exc
             except _Fatal as exc:
                 self._finish(AgentClosed(str(exc), error=True))
                 with contextlib.suppress(Exception):
@@ -357,7 +369,7 @@ class WsSession:
             finally:
                 sender.cancel()
 
-    async def _reconnect(self, exc: ConnectionClosed) -> ClientConnection | None:
+    async def _reconnect(self, exc: ConnectionClosed | _Reconnect) -> ClientConnection | None:
         """Try to reopen after a drop; None (with AgentClosed queued) when refused or exhausted."""
         why = self._describe(exc)
         if classify(exc) == "refused":
@@ -423,6 +435,8 @@ class WsSession:
                 self.log.warning("! %s error: %s", self.agent.vendor, self._redact(message))
                 if fatal:
                     raise _Fatal(f"{self.agent.vendor} error: {self._redact(message)}")
+            case Reconnect(reason=reason):
+                raise _Reconnect(reason)
             case _:
                 self._events.put_nowait(action)
 
@@ -442,6 +456,10 @@ class WsSession:
 
 class _Fatal(Exception):
     """A vendor error after which the session cannot go on."""
+
+
+class _Reconnect(Exception):
+    """The vendor asked us to move to a new connection (classified retryable)."""
 
 
 # ---- the base class vendor modules extend -----------------------------------------------------------------
