@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -72,12 +73,13 @@ class AriClient:
     def __init__(self, url: str, username: str, password: str, app: str) -> None:
         self.base = base_url(url)
         self.app = app
-        self._auth = aiohttp.BasicAuth(username, password)
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}"}  # RFC 7617; never logged
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AriClient:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-        self._session = aiohttp.ClientSession(auth=self._auth, timeout=timeout)
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -194,7 +196,7 @@ class AriClient:
         while True:
             try:
                 async with self.session.ws_connect(
-                    events_url(self.base), params={"app": self.app}, heartbeat=HEARTBEAT, timeout=REQUEST_TIMEOUT
+                    events_url(self.base), params={"app": self.app}, heartbeat=HEARTBEAT
                 ) as ws:
                     log.info("= ari events connected app=%s%s", self.app, " (reconnected)" if connected_before else "")
                     delays = backoff()
