@@ -1,0 +1,156 @@
+"""Deepgram Voice Agent V1: G.711 8 kHz binary frames both ways, JSON control messages translated to our events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from bridge.media import Codec
+from bridge.vendors import tools
+from bridge.vendors.base import (
+    AgentAudio,
+    AgentContext,
+    AgentInterrupted,
+    AgentTurnEnd,
+    AudioFormat,
+    Transcript,
+)
+from bridge.vendors.ws import Action, Endpoint, KeepAlive, Message, Ready, Send, VendorError, WsAgent
+
+# Deepgram closes an idle socket (CLIENT_MESSAGE_TIMEOUT) and asks for a KeepAlive "every 8 s" while no
+# audio flows (developers.deepgram.com/docs/agent-keep-alive); 5 s leaves room for a slow loop.
+KEEPALIVE_IDLE = 5.0
+
+ENCODING = {Codec.PCMU: "mulaw", Codec.PCMA: "alaw"}  # audio.input/output.encoding names for G.711
+ROLES = {"user": "caller", "assistant": "agent"}  # ConversationText.role -> Transcript.role
+IRREVERSIBLE = {tools.END_CALL, tools.TRANSFER_CALL}  # held until the caller's turn is confirmed (defer_until_eot)
+
+
+def settings_message(ctx: AgentContext, greeting: bool) -> dict[str, Any]:
+    """The `Settings` message (vendors.md §2.2): G.711 8 kHz raw both ways, prompt, tools, optional greeting."""
+    s = ctx.settings
+    encoding = ENCODING[ctx.codec]
+    agent: dict[str, Any] = {
+        "listen": {"provider": {"type": "deepgram", "model": s.deepgram_listen_model}},
+        "think": {
+            "provider": {"type": "open_ai", "model": s.deepgram_llm_model},
+            "prompt": ctx.prompt.instructions,
+            "functions": [_function(t) for t in tools.declared_tools(ctx.prompt)],
+        },
+        "speak": {"provider": {"type": "deepgram", "model": _speak_model(ctx)}},
+    }
+    if greeting and ctx.prompt.greeting:
+        agent["greeting"] = ctx.prompt.greeting
+    return {
+        "type": "Settings",
+        "tags": ["sip-to-ai"],
+        "audio": {
+            "input": {"encoding": encoding, "sample_rate": 8000},
+            "output": {"encoding": encoding, "sample_rate": 8000, "container": "none"},
+        },
+        "agent": agent,
+    }
+
+
+def _speak_model(ctx: AgentContext) -> str:
+    """The prompt file's voice when it names a Deepgram voice (aura-...), else DEEPGRAM_SPEAK_MODEL."""
+    voice = ctx.prompt.voice
+    return voice if voice.startswith("aura") else ctx.settings.deepgram_speak_model
+
+
+def _function(spec: tools.ToolSpec) -> dict[str, Any]:
+    fn: dict[str, Any] = {"name": spec.name, "description": spec.description, "parameters": dict(spec.parameters)}
+    if spec.name in IRREVERSIBLE:
+        fn["defer_until_eot"] = True
+    return fn
+
+
+def _json(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+class DeepgramAgent(WsAgent):
+    """One Deepgram Voice Agent session: Welcome -> Settings -> SettingsApplied -> audio."""
+
+    vendor = "deepgram"
+    keepalive = KeepAlive(KEEPALIVE_IDLE, _json({"type": "KeepAlive"}))
+
+    def __init__(self, ctx: AgentContext) -> None:
+        super().__init__(ctx)
+        self.input_format = self.output_format = AudioFormat.of(ctx.codec)
+        self._greet = True  # the greeting is spoken once per call, not again after a reconnect
+
+    # -- hooks (no I/O) -------------------------------------------------------------------------------------
+
+    def endpoint(self) -> Endpoint:
+        key = self.ctx.settings.deepgram_api_key
+        return Endpoint(self.ctx.settings.deepgram_ws_endpoint, {"Authorization": f"Token {key}"}, secrets=(key,))
+
+    def on_open(self, resumed: bool) -> Iterable[Message]:
+        self._greet = not resumed
+        return ()  # nothing may be sent before the server's Welcome (vendors.md §2.1)
+
+    def audio_message(self, data: bytes) -> Message:
+        return data  # raw G.711 in a binary frame
+
+    def translate(self, message: Message) -> Iterable[Action]:
+        if isinstance(message, bytes):
+            return [AgentAudio(message)]
+        data = json.loads(message)
+        handler = _HANDLERS.get(data["type"])
+        return handler(self, data) if handler else []
+
+    async def send_dtmf(self, digit: str) -> None:
+        """Key presses reach the LLM as a user message ("caller pressed 5")."""
+        self.send(_json({"type": "InjectUserMessage", "content": tools.dtmf_text(digit)}))
+
+    # -- server messages ------------------------------------------------------------------------------------
+
+    def _welcome(self, data: dict[str, Any]) -> list[Action]:
+        return [Send(_json(settings_message(self.ctx, self._greet)))]
+
+    def _settings_applied(self, data: dict[str, Any]) -> list[Action]:
+        return [Ready()]
+
+    def _conversation_text(self, data: dict[str, Any]) -> list[Action]:
+        role = ROLES.get(data.get("role", ""))
+        return [Transcript(role, str(data.get("content", "")))] if role else []  # type: ignore[arg-type]
+
+    def _function_call(self, data: dict[str, Any]) -> list[Action]:
+        actions: list[Action] = []
+        for fn in data.get("functions", []):
+            if not fn.get("client_side", False):
+                continue  # a server-side function: Deepgram runs it and answers itself
+            event = tools.tool_event(fn["name"], fn.get("arguments"))
+            result = tools.OK if event is not None else tools.UNAVAILABLE
+            reply = {"type": "FunctionCallResponse", "id": fn["id"], "name": fn["name"], "content": json.dumps(result)}
+            actions.append(Send(_json(reply)))
+            if event is not None:
+                actions.append(event)
+        return actions
+
+    def _error(self, data: dict[str, Any]) -> list[Action]:
+        return [VendorError(f"{data.get('code', 'ERROR')}: {data.get('description', '')}")]
+
+    def _warning(self, data: dict[str, Any]) -> list[Action]:
+        self.ctx.log.warning("! deepgram warning %s: %s", data.get("code"), data.get("description"))
+        return []
+
+    def _cancelled(self, data: dict[str, Any]) -> list[Action]:
+        names = ", ".join(str(f.get("name")) for f in data.get("functions", []))
+        self.ctx.log.info("= deepgram cancelled function call(s): %s", names)
+        return []
+
+
+_HANDLERS = {
+    "Welcome": DeepgramAgent._welcome,
+    "SettingsApplied": DeepgramAgent._settings_applied,
+    "UserStartedSpeaking": lambda self, data: [AgentInterrupted()],
+    "AgentAudioDone": lambda self, data: [AgentTurnEnd()],
+    "ConversationText": DeepgramAgent._conversation_text,
+    "FunctionCallRequest": DeepgramAgent._function_call,
+    "FunctionCallCancelled": DeepgramAgent._cancelled,
+    "Error": DeepgramAgent._error,
+    "Warning": DeepgramAgent._warning,
+}

@@ -1,0 +1,65 @@
+"""What the Deepgram and Gemini fakes share: an aiohttp websocket app on loopback, uneven chunking, unknown keys."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+
+
+class FakeServer:
+    """One aiohttp app on 127.0.0.1 with an ephemeral port; `handler` serves every websocket request."""
+
+    def __init__(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+        self._handler = handler
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", self._handler)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def uneven_chunks(data: bytes, rng: random.Random, low: int, high: int, align: int = 1) -> Iterator[bytes]:
+    """`data` cut in random sizes between `low` and `high` bytes (multiples of `align`), like vendors stream."""
+    pos = 0
+    while pos < len(data):
+        size = max(align, rng.randint(low, high) // align * align)
+        yield data[pos:pos + size]
+        pos += size
+
+
+def unknown_keys(model: Any, path: str = "$") -> Iterator[str]:
+    """Keys a pydantic model accepted only because it allows extras (vendors.md §4.1): typos, stale names."""
+    import pydantic
+
+    if isinstance(model, pydantic.BaseModel):
+        yield from (f"{path}.{k}" for k in (model.model_extra or {}))
+        for name in type(model).model_fields:
+            yield from unknown_keys(getattr(model, name), f"{path}.{name}")
+    elif isinstance(model, list | tuple):
+        for i, v in enumerate(model):
+            yield from unknown_keys(v, f"{path}[{i}]")
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll `predicate` every millisecond until true; AssertionError naming `what` after `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.001)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None

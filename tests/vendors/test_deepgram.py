@@ -1,0 +1,301 @@
+"""DeepgramAgent against the fake Deepgram Voice Agent: configure, greeting, audio, barge-in, tools, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bridge.config import AgentPrompt
+from bridge.errors import AgentRefused
+from bridge.media import CallInfo, Codec
+from bridge.vendors.base import (
+    AgentAudio,
+    AgentClosed,
+    AgentContext,
+    AgentEvent,
+    AgentInterrupted,
+    AgentTurnEnd,
+    HangupRequest,
+    Transcript,
+    TransferRequest,
+)
+from bridge.vendors.deepgram import DeepgramAgent, settings_message
+from tests.conftest import make_settings
+from tests.fakes.deepgram_agent import GREETING_BYTE, FakeDeepgram, check_settings
+from tests.fakes.ws_vendor import wait_for
+
+PROMPT = AgentPrompt(instructions="You are a test agent.", greeting="Hello, how can I help?")
+
+
+def make_ctx(fake: FakeDeepgram, codec: Codec = Codec.PCMU, prompt: AgentPrompt = PROMPT, **overrides) -> AgentContext:
+    values = dict(ai_vendor="deepgram", deepgram_api_key=fake.api_key, deepgram_ws_endpoint=fake.url,
+                  prompt=prompt, reconnect_delay_sec=0.05, ai_connection_timeout_sec=3.0)
+    settings = make_settings(**(values | overrides))
+    log = logging.LoggerAdapter(logging.getLogger("test.deepgram"), {})
+    return AgentContext(CallInfo("call-dg-1", "sip"), codec, settings, lambda item: 0, log)
+
+
+class Collector:
+    """Consumes an agent's events into a list, as the call's agent pump does."""
+
+    def __init__(self, agent: DeepgramAgent) -> None:
+        self.events: list[AgentEvent] = []
+        self._task = asyncio.create_task(self._run(agent.events()))
+
+    async def _run(self, events: AsyncIterator[AgentEvent]) -> None:
+        async for event in events:
+            self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def audio(self) -> bytes:
+        return b"".join(e.data for e in self.of(AgentAudio))
+
+    async def wait(self, kind: type, count: int = 1, timeout: float = 5.0) -> None:
+        await wait_for(lambda: len(self.of(kind)) >= count, timeout, f"{count} x {kind.__name__}")
+
+    async def stop(self) -> None:
+        await asyncio.wait_for(self._task, 5.0)
+
+
+@pytest.fixture
+async def fake():
+    async with FakeDeepgram() as server:
+        yield server
+
+
+@pytest.fixture
+async def session(fake):
+    agent = DeepgramAgent(make_ctx(fake))
+    await agent.connect()
+    events = Collector(agent)
+    yield agent, events
+    await agent.aclose()
+    await events.stop()
+    assert fake.violations == []
+
+
+class TestConnect:
+    async def test_settings_carry_codec_prompt_tools_and_greeting(self, fake, session):
+        conn = await fake.connection()
+        s = conn.settings
+        assert s["audio"]["input"] == {"encoding": "mulaw", "sample_rate": 8000}
+        assert s["audio"]["output"] == {"encoding": "mulaw", "sample_rate": 8000, "container": "none"}
+        assert s["agent"]["think"]["prompt"] == "You are a test agent."
+        assert s["agent"]["greeting"] == "Hello, how can I help?"
+        names = {f["name"]: f for f in s["agent"]["think"]["functions"]}
+        assert names["end_call"]["defer_until_eot"] is True and "transfer_call" in names
+        assert conn.request.headers["Authorization"] == f"Token {fake.api_key}"
+
+    async def test_alaw_call_gets_alaw_both_ways(self, fake):
+        agent = DeepgramAgent(make_ctx(fake, Codec.PCMA))
+        await agent.connect()
+        try:
+            s = (await fake.connection()).settings
+            assert s["audio"]["input"]["encoding"] == s["audio"]["output"]["encoding"] == "alaw"
+            assert agent.input_format == agent.output_format and agent.input_format.encoding == "pcma"
+        finally:
+            await agent.aclose()
+
+    async def test_greeting_is_heard_first(self, fake, session):
+        _, events = session
+        await events.wait(AgentTurnEnd)
+        assert events.audio() == bytes([GREETING_BYTE]) * fake.greeting_bytes
+        assert events.of(Transcript)[0] == Transcript("agent", "Hello, how can I help?")
+        assert isinstance(events.events[-1], AgentTurnEnd)
+
+    @pytest.mark.parametrize("codec", [Codec.PCMU, Codec.PCMA])
+    def test_settings_pass_the_sdk_model_and_the_fake_rules(self, fake, codec):
+        message = settings_message(make_ctx(fake, codec), greeting=True)
+        assert check_settings(json.loads(json.dumps(message))) == []
+
+    def test_sdk_models_accept_our_settings_with_no_undeclared_keys(self, fake):
+        dg = pytest.importorskip("deepgram.agent.v1.types")
+        from typing import get_args
+
+        from tests.fakes.ws_vendor import unknown_keys
+
+        raw = json.dumps(settings_message(make_ctx(fake), greeting=True))
+        parsed = dg.AgentV1Settings.model_validate_json(raw)
+        assert list(unknown_keys(parsed)) == []
+        assert parsed.audio.input.encoding in get_args(get_args(dg.AgentV1SettingsAudioInputEncoding)[0])
+        assert parsed.audio.output.encoding in get_args(get_args(dg.AgentV1SettingsAudioOutputEncoding)[0])
+
+
+class TestAudio:
+    async def test_caller_audio_arrives_in_order_and_complete(self, fake, session):
+        agent, _ = session
+        conn = await fake.connection()
+        frames = [bytes([i % 256]) * 160 for i in range(200)]
+        for frame in frames:  # RTP brings a frame every 20 ms; 2 ms here, still 10x real time
+            await agent.send_audio(frame)
+            await asyncio.sleep(0.002)
+        await conn.wait_audio(len(frames) * 160)
+        assert bytes(conn.audio) == b"".join(frames)
+        assert conn.audio_frames == 200  # one binary frame per 20 ms frame, no batching
+
+    async def test_agent_audio_in_uneven_chunks_comes_out_whole_and_in_order(self, fake, session):
+        _, events = session
+        conn = await fake.connection()
+        await events.wait(AgentTurnEnd)  # the greeting
+        reply = bytes(range(256)) * 100
+        await conn.speak(reply, "Here is a long answer.")
+        await events.wait(AgentTurnEnd, 2)
+        assert events.audio()[fake.greeting_bytes:] == reply
+        assert Transcript("agent", "Here is a long answer.") in events.events
+
+    async def test_caller_transcript(self, fake, session):
+        _, events = session
+        await (await fake.connection()).user_said("I need help with my bill")
+        await events.wait(Transcript, 2)
+        assert Transcript("caller", "I need help with my bill") in events.events
+
+
+class TestBargeIn:
+    async def test_user_started_speaking_interrupts(self, fake, session):
+        _, events = session
+        conn = await fake.connection()
+        await conn.speak(b"\x22" * 8000, done=False)
+        await conn.barge_in()
+        await events.wait(AgentInterrupted)
+        kinds = [type(e) for e in events.events]
+        assert kinds.index(AgentInterrupted) > max(i for i, k in enumerate(kinds) if k is AgentAudio)
+
+
+class TestTools:
+    async def test_end_call_answers_and_hangs_up(self, fake, session):
+        _, events = session
+        conn = await fake.connection()
+        fid = await conn.function_call("end_call", {"reason": "caller said bye"})
+        await events.wait(HangupRequest)
+        assert events.of(HangupRequest) == [HangupRequest("caller said bye")]
+        await wait_for(lambda: fid in conn.responses, what="FunctionCallResponse")
+        assert json.loads(conn.responses[fid]["content"]) == {"ok": True}
+
+    async def test_transfer_call(self, fake, session):
+        _, events = session
+        conn = await fake.connection()
+        fid = await conn.function_call("transfer_call", {"destination": "sales"})
+        await events.wait(TransferRequest)
+        assert events.of(TransferRequest) == [TransferRequest("sales")]
+        await wait_for(lambda: fid in conn.responses, what="FunctionCallResponse")
+
+    async def test_unknown_client_function_is_answered_unavailable(self, fake, session):
+        conn = await fake.connection()
+        fid = await conn.function_call("look_up_order", {"order": "42"})
+        await wait_for(lambda: fid in conn.responses, what="FunctionCallResponse")
+        assert json.loads(conn.responses[fid]["content"])["ok"] is False
+
+    async def test_server_side_function_is_left_to_deepgram(self, fake, session):
+        _, events = session
+        conn = await fake.connection()
+        await conn.function_call("end_call", {}, client_side=False)
+        await conn.user_said("marker")
+        await wait_for(lambda: Transcript("caller", "marker") in events.events, what="marker")
+        assert events.of(HangupRequest) == [] and conn.responses == {}
+
+
+class TestDtmfAndKeepAlive:
+    async def test_dtmf_is_injected_as_a_user_message(self, fake, session):
+        agent, _ = session
+        conn = await fake.connection()
+        await agent.send_dtmf("5")
+        await wait_for(lambda: any(m["type"] == "InjectUserMessage" for m in conn.messages), what="inject")
+        assert {"type": "InjectUserMessage", "content": "caller pressed 5"} in conn.messages
+
+    async def test_keepalive_when_no_audio_flows(self, fake, monkeypatch):
+        monkeypatch.setattr(DeepgramAgent, "keepalive", dataclasses.replace(DeepgramAgent.keepalive, idle=0.05))
+        fake.idle_timeout = 0.5
+        agent = DeepgramAgent(make_ctx(fake))
+        await agent.connect()
+        try:
+            conn = await fake.connection()
+            await wait_for(lambda: conn.keepalives >= 3, 3.0, "three KeepAlives")
+            assert not conn.closed.is_set() and fake.violations == []
+        finally:
+            await agent.aclose()
+
+
+class TestFaults:
+    async def test_bad_key_is_refused_naming_the_error_without_the_key(self, fake):
+        agent = DeepgramAgent(make_ctx(fake, deepgram_api_key="wrong-key-456"))
+        with pytest.raises(AgentRefused) as info:
+            await agent.connect()
+        assert "401" in str(info.value) and "deepgram" in str(info.value)
+        assert "wrong-key-456" not in str(info.value)
+        await agent.aclose()
+
+    async def test_invalid_settings_refused_with_the_vendor_code(self, fake):
+        agent = DeepgramAgent(make_ctx(fake, deepgram_listen_model=""))
+        with pytest.raises(AgentRefused, match="INVALID_SETTINGS"):
+            await agent.connect()
+        await agent.aclose()
+        fake.violations.clear()
+
+    async def test_drop_mid_call_reconnects_without_second_greeting(self, fake, session):
+        agent, events = session
+        conn = await fake.connection()
+        await events.wait(AgentTurnEnd)
+        await conn.drop()
+        second = await fake.connection(1)
+        assert "greeting" not in second.settings["agent"]
+        await agent.send_audio(b"\x7f" * 160)
+        await second.wait_audio(160)
+        await second.speak(b"\x33" * 480, "still here")
+        await events.wait(AgentTurnEnd, 2)
+        assert not events.of(AgentClosed)
+
+    async def test_error_event_mid_call_is_logged_not_fatal(self, fake, session, caplog):
+        _, events = session
+        conn = await fake.connection()
+        await conn.error("INTERNAL_SERVER_ERROR", "something broke")
+        await conn.warning("SLOW_THINK_REQUEST", "the LLM is slow")
+        await conn.user_said("after the error")
+        await wait_for(lambda: Transcript("caller", "after the error") in events.events, what="transcript")
+        assert not events.of(AgentClosed)
+        assert "INTERNAL_SERVER_ERROR" in caplog.text
+
+    async def test_reconnects_exhausted_end_the_session(self, fake):
+        agent = DeepgramAgent(make_ctx(fake, max_reconnect_attempts=2))
+        await agent.connect()
+        events = Collector(agent)
+        try:
+            conn = await fake.connection()
+            fake.refuse_http = (503, '{"err_msg":"overloaded"}')
+            await conn.drop()
+            await events.wait(AgentClosed)
+            closed = events.of(AgentClosed)[0]
+            assert closed.error and "503" in closed.reason
+        finally:
+            await agent.aclose()
+            await events.stop()
+
+
+class TestLongConversation:
+    async def test_hundreds_of_turns_never_stall_or_leak(self, fake):
+        before = len(asyncio.all_tasks())
+        agent = DeepgramAgent(make_ctx(fake, prompt=AgentPrompt(instructions="x")))
+        await agent.connect()
+        events = Collector(agent)
+        conn = await fake.connection()
+        for turn in range(300):
+            await agent.send_audio(bytes([turn % 256]) * 160)
+            await conn.user_said(f"turn {turn}")
+            await conn.speak(bytes([turn % 200]) * 320, f"reply {turn}")
+            if turn % 10 == 0:
+                await conn.barge_in()
+        await events.wait(AgentTurnEnd, 300, timeout=8.0)
+        await conn.wait_audio(300 * 160)
+        assert len(events.audio()) == 300 * 320
+        await agent.aclose()
+        await events.stop()
+        assert isinstance(events.events[-1], AgentClosed)
+        await asyncio.sleep(0)
+        assert len(asyncio.all_tasks()) <= before
+        assert fake.violations == []
