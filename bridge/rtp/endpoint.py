@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+from bridge.clock import Datagram
 from bridge.errors import NoPortAvailable
 from bridge.media import FRAME_SAMPLES, Address, MediaLeg
 from bridge.rtp.playout import Playout
@@ -83,6 +84,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._talking = False
         self._silence = playout.silence_frame
         self.rebased = 0
+        self._closed = False
+        self._sendto: Callable[[bytes, Address], object] = lambda data, address: None
 
     @property
     def stats(self) -> RtpStats:
@@ -92,8 +95,10 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self.local_address = sock.getsockname()[:2]
+        self._sendto = sock.sendto  # the clock sends directly: UDP needs none of the transport's buffering
 
     def close(self) -> None:
+        self._closed = True
         if self.transport is not None:
             self.transport.close()
 
@@ -121,8 +126,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
 
     # -- the sender -------------------------------------------------------------------------------------------
 
-    def on_tick(self, tick: int) -> None:
-        """Send this tick's frame; catch up missed ticks, or re-base after a long stall."""
+    def on_tick(self, tick: int, out: list[Datagram]) -> None:
+        """Queue this tick's frame in `out`; catch up missed ticks, or re-base after a long stall."""
         gap = 1 if self._last_tick is None else tick - self._last_tick
         self._last_tick = tick
         if gap > MAX_CATCHUP:
@@ -130,9 +135,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
             self.rebased += 1
             gap = 1
         for _ in range(gap):
-            self._send_frame()
+            self._next_frame(out)
 
-    def _send_frame(self) -> None:
+    def _next_frame(self, out: list[Datagram]) -> None:
         frame = self.playout.pop_frame()
         marker = False
         if frame is None:
@@ -141,12 +146,12 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         elif not self._talking:
             self._talking = marker = True  # RFC 3551 §4.1: marker on the first packet of a talkspurt
         dest = self.receiver.peer or self.leg.remote
-        if self.sending and dest is not None and self.transport is not None:
+        if self.sending and dest is not None and not self._closed:
             if self.leg.raw:
-                self.transport.sendto(frame, dest)
+                out.append((self._sendto, frame, dest))
             else:
                 header = _HEADER.pack(0x80, marker << 7 | self.leg.pt, self._seq, self._ts, self.ssrc)
-                self.transport.sendto(header + frame, dest)
+                out.append((self._sendto, header + frame, dest))
             self.stats.sent += 1
             self._seq = (self._seq + 1) & 0xFFFF
         self._ts = (self._ts + FRAME_SAMPLES) & 0xFFFFFFFF
