@@ -70,35 +70,43 @@ def _build_alaw_decode() -> np.ndarray:
     return np.where(a & _SIGN_BIT, t, -t).astype(np.int16)
 
 
-_ENCODE: dict[Codec, np.ndarray] = {Codec.PCMU: _build_ulaw_encode(), Codec.PCMA: _build_alaw_encode()}
-_DECODE: dict[Codec, np.ndarray] = {Codec.PCMU: _build_ulaw_decode(), Codec.PCMA: _build_alaw_decode()}
-_TRANSCODE: dict[tuple[Codec, Codec], np.ndarray] = {
-    (src, dst): _ENCODE[dst][_DECODE[src].view(np.uint16)] for src in Codec for dst in Codec
-}
+_ULAW_ENCODE, _ALAW_ENCODE = _build_ulaw_encode(), _build_alaw_encode()
+_ULAW_DECODE, _ALAW_DECODE = _build_ulaw_decode(), _build_alaw_decode()
+# bytes.translate tables: one C pass per frame, about ten times faster than a numpy round trip.
+_ULAW_TO_ALAW = _ALAW_ENCODE[_ULAW_DECODE.view(np.uint16)].tobytes()
+_ALAW_TO_ULAW = _ULAW_ENCODE[_ALAW_DECODE.view(np.uint16)].tobytes()
 
 
 def decode(codec: Codec, data: bytes) -> np.ndarray:
     """G.711 bytes -> PCM16 samples (int16, native order), one sample per byte."""
-    return _DECODE[codec][np.frombuffer(data, dtype=np.uint8)]
+    table = _ULAW_DECODE if codec is Codec.PCMU else _ALAW_DECODE
+    return table.take(np.frombuffer(data, dtype=np.uint8))
 
 
 def encode(codec: Codec, pcm: np.ndarray) -> bytes:
-    """PCM16 samples (int16 array) -> G.711 bytes, one byte per sample.
+    """PCM16 samples (int16 array, any byte order) -> G.711 bytes, one byte per sample.
 
     Raises:
-        TypeError: pcm is not an int16 array (a float or wider array would be silently wrapped otherwise).
+        TypeError: pcm is not a 16-bit integer array (a float or wider array would be silently wrapped).
     """
+    if getattr(pcm, "dtype", None) != np.int16:
+        pcm = _as_int16(pcm)
+    table = _ULAW_ENCODE if codec is Codec.PCMU else _ALAW_ENCODE
+    return table.take(pcm.view(np.uint16)).tobytes()
+
+
+def _as_int16(pcm: np.ndarray) -> np.ndarray:
     samples = np.asarray(pcm)
     if samples.dtype.kind != "i" or samples.dtype.itemsize != 2:
         raise TypeError(f"encode wants int16 samples, got {samples.dtype}")
-    return _ENCODE[codec][samples.astype(np.int16, copy=False).view(np.uint16)].tobytes()
+    return samples.astype(np.int16)  # e.g. big-endian '>i2' -> native
 
 
 def transcode(src: Codec, dst: Codec, data: bytes) -> bytes:
-    """G.711 bytes in one law -> the other law (or a copy), as decode-then-encode would give, in one lookup."""
+    """G.711 bytes in one law -> the other law (or a copy), exactly as decode-then-encode, in one table lookup."""
     if src is dst:
         return bytes(data)
-    return _TRANSCODE[src, dst][np.frombuffer(data, dtype=np.uint8)].tobytes()
+    return bytes(data).translate(_ULAW_TO_ALAW if src is Codec.PCMU else _ALAW_TO_ULAW)
 
 
 def ulaw_decode(data: bytes) -> np.ndarray:

@@ -86,6 +86,12 @@ class TestApi:
         assert g711.encode(Codec.PCMU, pcm) == audioop.lin2ulaw(bytes(range(64)), 2)
         np.testing.assert_array_equal(g711.decode(Codec.PCMU, memoryview(ALL_CODES)), g711.ulaw_decode(ALL_CODES))
 
+    def test_big_endian_and_strided_input(self) -> None:
+        frame = (np.sin(np.arange(320) / 5) * 20000).astype(np.int16)
+        expected = g711.encode(Codec.PCMA, frame[::2].copy())
+        assert g711.encode(Codec.PCMA, frame.astype(">i2")[::2]) == expected
+        assert g711.encode(Codec.PCMA, frame[::2]) == expected
+
     def test_rejects_non_int16(self) -> None:
         with pytest.raises(TypeError):
             g711.encode(Codec.PCMU, np.zeros(4, dtype=np.float32))
