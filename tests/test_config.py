@@ -1,0 +1,72 @@
+"""Settings: original names and defaults, .env semantics, one-line errors naming the variable, secrets redacted."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bridge import config
+from bridge.errors import ConfigError
+
+
+def test_defaults_run_the_echo_agent_on_6060():
+    s = config.load(environ={}, dotenv=None)
+    assert (s.ai_vendor, s.sip_port, s.sip_transport_type, s.max_reconnect_attempts) == ("echo", 6060, "udp", 3)
+    assert (s.reconnect_delay_sec, s.ai_connection_timeout_sec) == (5.0, 10.0)
+    assert s.openai_ws_endpoint == "wss://api.openai.com/v1/realtime"
+
+
+def test_environment_wins_over_dotenv(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text('# comment\nSIP_PORT=7070\nexport LOG_LEVEL="DEBUG"\nOPENAI_MODEL=from-file # note\n')
+    s = config.load(environ={"SIP_PORT": "8080"}, dotenv=env)
+    assert (s.sip_port, s.log_level, s.openai_model) == (8080, "debug", "from-file")
+
+
+def test_original_alias_names_still_work():
+    s = config.load(environ={"OPENAI_PROJECT_ID": "proj_1", "OPENAI_ORG_ID": "org_2"}, dotenv=None)
+    assert (s.openai_project, s.openai_organization) == ("proj_1", "org_2")
+
+
+@pytest.mark.parametrize(
+    "env, names",
+    [
+        ({"SIP_PORT": "70000"}, "SIP_PORT"),
+        ({"AI_VENDOR": "skynet"}, "AI_VENDOR"),
+        ({"SIP_ALLOWED_CIDRS": "10.0.0.0/33"}, "SIP_ALLOWED_CIDRS"),
+        ({"AI_VENDOR": "gemini"}, "GEMINI_API_KEY"),
+        ({"RTP_PORT_MIN": "20000", "RTP_PORT_MAX": "10000"}, "RTP_PORT_MIN"),
+        ({"ESL_LISTEN": "nohostport"}, "ESL_LISTEN"),
+    ],
+)
+def test_bad_values_name_the_variable(env, names):
+    with pytest.raises(ConfigError) as err:
+        config.load(environ=env, dotenv=None)
+    assert names in str(err.value) and "\n" not in str(err.value)
+
+
+def test_secrets_never_show(tmp_path):
+    s = config.load(environ={"AI_VENDOR": "openai", "OPENAI_API_KEY": "sk-secret-123", "ARI_PASSWORD": "pw-456"},
+                    dotenv=None)
+    assert "sk-secret-123" not in repr(s) and "pw-456" not in repr(s)
+    with pytest.raises(ConfigError) as err:
+        config.load(environ={"MAX_RECONNECT_ATTEMPTS": "sk-secret-789"}, dotenv=None)
+    assert "MAX_RECONNECT_ATTEMPTS" in str(err.value)
+
+
+def test_prompt_file(tmp_path):
+    good = tmp_path / "p.yaml"
+    good.write_text("instructions: be brief\ngreeting: Hello\nvoice: alloy\n")
+    s = config.load(environ={"AGENT_PROMPT_FILE": str(good)}, dotenv=None)
+    assert (s.prompt.instructions, s.prompt.greeting, s.prompt.voice) == ("be brief", "Hello", "alloy")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("greeting: no instructions\n")
+    with pytest.raises(ConfigError, match="AGENT_PROMPT_FILE"):
+        config.load(environ={"AGENT_PROMPT_FILE": str(bad)}, dotenv=None)
+
+
+def test_the_command_fails_with_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bridge", "check-config"], cwd=tmp_path, capture_output=True,
+                         text=True, env={"SIP_PORT": "x", "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "SIP_PORT" in out.stderr
