@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 from scipy import signal
 
 __all__ = ["StreamResampler"]
@@ -82,31 +83,35 @@ class StreamResampler:
         """Resample one chunk (int16 samples, any length) and return the output it completes (int16)."""
         d = self._d
         x = np.asarray(pcm, dtype=np.float64).ravel()
-        buf = np.concatenate([self._hist, x]) if len(x) else self._hist
-        last = len(x) * d.up - 1  # the last upsampled position this chunk's input reaches
-        count = max(0, (last - self._next) // d.down + 1)
-        pos = self._next + d.down * np.arange(count)
-        self._next += count * d.down - len(x) * d.up
-        self._hist = buf[len(buf) - (d.taps - 1) :].copy()
+        first = self._next
+        count = max(0, (len(x) * d.up - 1 - first) // d.down + 1)  # outputs whose last input has arrived
+        buf = np.concatenate((self._hist, x))  # buf[q : q + taps] is the window ending at input q
+        self._next = first + count * d.down - len(x) * d.up
+        self._hist = buf[len(buf) - (d.taps - 1) :]
         if count == 0:
             return np.zeros(0, dtype=np.int16)
-        windows = np.lib.stride_tricks.sliding_window_view(buf, d.taps)  # windows[q] ends at input q
-        out = self._filter(windows, pos)
-        return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+        y = self._filter(buf, first, count)
+        np.rint(y, out=y)
+        np.clip(y, -32768, 32767, out=y)
+        return y.astype(np.int16)
 
-    def _filter(self, windows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    def _filter(self, buf: np.ndarray, first: int, count: int) -> np.ndarray:
+        """`count` outputs at upsampled positions first, first + down, ... (counted from this chunk's start)."""
         d = self._d
-        if d.up == 1:  # pure decimation: one phase, evenly spaced windows
-            return windows[pos[0] : pos[-1] + 1 : d.down] @ d.phases[0]
+        step = buf.strides[0]
+        if d.up == 1:  # pure decimation: one phase, windows `down` inputs apart
+            windows = as_strided(buf[first:], (count, d.taps), (d.down * step, step), writeable=False)
+            return np.dot(windows, d.phases[0])
         if d.down == 1:  # pure interpolation: every input yields `up` outputs, one per phase
-            q0 = pos[0] // d.up
-            q1 = pos[-1] // d.up
-            block = (windows[q0 : q1 + 1] @ d.phases.T).ravel()
-            start = pos[0] - q0 * d.up
-            return block[start : start + len(pos)]
-        out = np.empty(len(pos))
-        q, p = np.divmod(pos, d.up)
+            q0, q1 = first // d.up, (first + count - 1) // d.up
+            windows = as_strided(buf[q0:], (q1 - q0 + 1, d.taps), (step, step), writeable=False)
+            block = np.dot(windows, d.phases.T).ravel()
+            start = first - q0 * d.up
+            return block[start : start + count]
+        q, p = np.divmod(first + d.down * np.arange(count), d.up)
+        windows = as_strided(buf, (len(buf) - d.taps + 1, d.taps), (step, step), writeable=False)
+        out = np.empty(count)
         for phase in range(d.up):
             sel = p == phase
-            out[sel] = windows[q[sel]] @ d.phases[phase]
+            out[sel] = np.dot(windows[q[sel]], d.phases[phase])
         return out

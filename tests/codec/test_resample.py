@@ -8,7 +8,7 @@ from scipy import signal
 
 from bridge.codec.resample import StreamResampler, _design
 
-PAIRS = [(8000, 16000), (24000, 8000), (16000, 8000), (8000, 24000)]
+PAIRS = [(8000, 16000), (24000, 8000), (16000, 8000), (8000, 24000), (16000, 24000), (24000, 16000)]
 AMPLITUDE = 16000.0
 WARMUP_S = 0.03  # longer than any filter's span, so the measured stretch sees a steady state
 
