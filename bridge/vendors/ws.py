@@ -309,8 +309,9 @@ class WsSession:
                 compression=None,  # base64 audio hardly compresses; deflate only costs CPU and latency
             )
             try:
-                for message in self.agent.on_open(resumed):
-                    await ws.send(message)
+                with contextlib.suppress(ConnectionClosed):  # a refusal may already be waiting: read it below
+                    for message in self.agent.on_open(resumed):
+                        await ws.send(message)
                 while not await self._handshake_step(ws, await ws.recv()):
                     pass
             except BaseException:
