@@ -1,0 +1,343 @@
+"""GeminiAgent against the fake Gemini Live: setup, greeting, PCM audio, barge-in, tools, resumption, goAway."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from bridge.codec import convert, g711
+from bridge.config import AgentPrompt
+from bridge.errors import AgentRefused
+from bridge.media import CallInfo, Codec
+from bridge.vendors.base import (
+    AgentAudio,
+    AgentClosed,
+    AgentContext,
+    AgentEvent,
+    AgentInterrupted,
+    AgentTurnEnd,
+    HangupRequest,
+    Transcript,
+    TransferRequest,
+)
+from bridge.vendors.gemini import GeminiAgent, gemini_schema, greeting_message, setup_message
+from tests.conftest import make_settings
+from tests.fakes.gemini_live import FakeGeminiLive, sdk_check, tone
+from tests.fakes.ws_vendor import wait_for
+
+PROMPT = AgentPrompt(instructions="You are a test agent.", greeting="Hello, how can I help?", voice="Kore")
+
+
+def make_ctx(fake: FakeGeminiLive, prompt: AgentPrompt = PROMPT, **overrides) -> AgentContext:
+    values = dict(ai_vendor="gemini", gemini_api_key=fake.api_key, gemini_ws_endpoint=fake.url,
+                  gemini_model="gemini-test-live", prompt=prompt, reconnect_delay_sec=0.05,
+                  ai_connection_timeout_sec=3.0)
+    settings = make_settings(**(values | overrides))
+    log = logging.LoggerAdapter(logging.getLogger("test.gemini"), {})
+    return AgentContext(CallInfo("call-gm-1", "sip"), Codec.PCMU, settings, lambda item: 0, log)
+
+
+class Collector:
+    """Consumes an agent's events into a list, as the call's agent pump does."""
+
+    def __init__(self, agent: GeminiAgent) -> None:
+        self.events: list[AgentEvent] = []
+        self._task = asyncio.create_task(self._run(agent.events()))
+
+    async def _run(self, events: AsyncIterator[AgentEvent]) -> None:
+        async for event in events:
+            self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def audio(self) -> bytes:
+        return b"".join(e.data for e in self.of(AgentAudio))
+
+    async def wait(self, kind: type, count: int = 1, timeout: float = 5.0) -> None:
+        await wait_for(lambda: len(self.of(kind)) >= count, timeout, f"{count} x {kind.__name__}")
+
+    async def stop(self) -> None:
+        await asyncio.wait_for(self._task, 5.0)
+
+
+@pytest.fixture
+async def fake():
+    async with FakeGeminiLive() as server:
+        yield server
+
+
+async def open_session(fake: FakeGeminiLive, prompt: AgentPrompt = PROMPT, **overrides):
+    agent = GeminiAgent(make_ctx(fake, prompt, **overrides))
+    await agent.connect()
+    return agent, Collector(agent)
+
+
+@pytest.fixture
+async def session(fake):
+    agent, events = await open_session(fake)
+    yield agent, events
+    await agent.aclose()
+    await events.stop()
+    assert fake.violations == []
+
+
+@pytest.fixture
+async def quiet(fake):
+    """A session without a greeting, so tests start from silence."""
+    agent, events = await open_session(fake, AgentPrompt(instructions="x"))
+    yield agent, events
+    await agent.aclose()
+    await events.stop()
+    assert fake.violations == []
+
+
+class TestSetup:
+    async def test_setup_carries_model_voice_prompt_tools_resumption_and_transcription(self, fake, session):
+        agent, _ = session
+        conn = await fake.connection()
+        setup = conn.setup
+        assert setup["model"] == "models/gemini-test-live"
+        assert setup["generationConfig"]["responseModalities"] == ["AUDIO"]
+        assert setup["generationConfig"]["speechConfig"]["voiceConfig"]["prebuiltVoiceConfig"]["voiceName"] == "Kore"
+        assert setup["systemInstruction"] == {"parts": [{"text": "You are a test agent."}]}
+        names = [f["name"] for f in setup["tools"][0]["functionDeclarations"]]
+        assert names == ["end_call", "transfer_call"]
+        assert setup["sessionResumption"] == {} and "inputAudioTranscription" in setup
+        assert conn.request.headers["x-goog-api-key"] == fake.api_key and "key" not in conn.request.query
+        assert (agent.input_format.encoding, agent.input_format.rate) == ("pcm16", 16000)
+        assert (agent.output_format.encoding, agent.output_format.rate) == ("pcm16", 24000)
+
+    def test_client_messages_pass_google_genai_models(self, fake):
+        pytest.importorskip("google.genai")
+        ctx = make_ctx(fake)
+        agent = GeminiAgent(ctx)
+        messages = [
+            setup_message(ctx, None), setup_message(ctx, "session-handle-9"), greeting_message("Hi"),
+            json.loads(agent.audio_message(b"\x01\x00" * 320)),
+            {"toolResponse": {"functionResponses": [{"id": "f1", "name": "end_call", "response": {"ok": True}}]}},
+            {"realtimeInput": {"text": "caller pressed 5"}},
+        ]
+        for message in messages:
+            assert sdk_check(message) is None, message
+
+    def test_json_schema_becomes_gemini_schema(self):
+        schema = {"type": "object", "properties": {"n": {"type": "integer", "description": "d", "title": "N"},
+                                                   "xs": {"type": "array", "items": {"type": "string"}}},
+                  "required": [], "additionalProperties": False}
+        assert gemini_schema(schema) == {"type": "OBJECT", "properties": {
+            "n": {"type": "INTEGER", "description": "d"}, "xs": {"type": "ARRAY", "items": {"type": "STRING"}}}}
+
+    async def test_json_in_text_frames_works_too(self):
+        async with FakeGeminiLive(binary_frames=False) as fake:
+            agent, events = await open_session(fake)
+            await events.wait(AgentTurnEnd)
+            await agent.aclose()
+            await events.stop()
+            assert fake.violations == []
+
+
+class TestGreeting:
+    async def test_greeting_turn_then_its_audio_first(self, fake, session):
+        _, events = session
+        conn = await fake.connection()
+        await events.wait(AgentTurnEnd)
+        assert len(conn.turns) == 1 and conn.turns[0]["turnComplete"] is True
+        assert "Hello, how can I help?" in conn.turns[0]["turns"][0]["parts"][0]["text"]
+        assert events.audio() == tone(440, fake.greeting_seconds)
+        assert events.of(Transcript) == [Transcript("agent", "Hello there caller")]
+
+    async def test_no_greeting_configured_no_turn(self, fake, quiet):
+        conn = await fake.connection()
+        await asyncio.sleep(0.05)
+        assert conn.turns == []
+
+
+class TestAudio:
+    async def test_caller_pcm16_arrives_in_order_at_16k(self, fake, quiet):
+        agent, _ = quiet
+        conn = await fake.connection()
+        frames = [np.full(320, i, dtype="<i2").tobytes() for i in range(150)]  # 20 ms at 16 kHz each
+        for frame in frames:  # RTP brings a frame every 20 ms; 2 ms here
+            await agent.send_audio(frame)
+            await asyncio.sleep(0.002)
+        await conn.wait_audio(150 * 640)
+        assert bytes(conn.audio) == b"".join(frames)
+        assert conn.audio_rates == {16000}
+
+    async def test_reply_in_uneven_chunks_comes_out_whole(self, fake, quiet):
+        _, events = quiet
+        conn = await fake.connection()
+        pcm = await conn.speak(1.3, 440, "a longer answer for you")
+        await events.wait(AgentTurnEnd)
+        assert events.audio() == pcm
+        assert events.of(Transcript) == [Transcript("agent", "a longer answer for you")]
+
+    async def test_tone_reaches_g711_8k_as_440_hz_through_the_core_converter(self, fake, quiet):
+        agent, events = quiet
+        conn = await fake.connection()
+        await conn.speak(1.0, 440)
+        await events.wait(AgentTurnEnd)
+        downlink = convert.downlink(agent.output_format, Codec.PCMU)
+        ulaw = b"".join(downlink(e.data) for e in events.of(AgentAudio))
+        pcm = g711.decode(Codec.PCMU, ulaw).astype(float)
+        spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
+        peak = np.argmax(spectrum) * 8000 / len(pcm)
+        assert abs(peak - 440) < 5
+        assert abs(len(ulaw) - 8000) < 200  # one second at 8 kHz, give or take the resampler's delay
+
+    async def test_caller_transcription_pieces_become_one_line(self, fake, quiet):
+        _, events = quiet
+        conn = await fake.connection()
+        await conn.transcribe_input("I would like to pay my bill")
+        await conn.speak(0.1, 440, "Sure")
+        await events.wait(AgentTurnEnd)
+        assert events.of(Transcript) == [Transcript("caller", "I would like to pay my bill"),
+                                         Transcript("agent", "Sure")]
+
+
+class TestBargeIn:
+    async def test_interrupted_flushes_then_turn_ends(self, fake, quiet):
+        _, events = quiet
+        conn = await fake.connection()
+        await conn.speak(0.5, 440, "this will be cut", done=False)
+        await conn.interrupt()
+        await events.wait(AgentTurnEnd)
+        kinds = [type(e) for e in events.events]
+        last_audio = max(i for i, k in enumerate(kinds) if k is AgentAudio)
+        assert last_audio < kinds.index(AgentInterrupted) < kinds.index(AgentTurnEnd)
+
+
+class TestTools:
+    async def test_end_call(self, fake, quiet):
+        _, events = quiet
+        conn = await fake.connection()
+        fid = await conn.tool_call("end_call", {"reason": "done"})
+        await events.wait(HangupRequest)
+        assert events.of(HangupRequest) == [HangupRequest("done")]
+        await wait_for(lambda: fid in conn.tool_responses, what="toolResponse")
+        assert conn.tool_responses[fid]["response"] == {"ok": True}
+
+    async def test_transfer_call(self, fake, quiet):
+        _, events = quiet
+        conn = await fake.connection()
+        fid = await conn.tool_call("transfer_call", {"destination": "1001"})
+        await events.wait(TransferRequest)
+        assert events.of(TransferRequest) == [TransferRequest("1001")]
+        await wait_for(lambda: fid in conn.tool_responses, what="toolResponse")
+
+    async def test_unknown_tool_answered_unavailable(self, fake, quiet):
+        conn = await fake.connection()
+        fid = await conn.tool_call("check_weather", {})
+        await wait_for(lambda: fid in conn.tool_responses, what="toolResponse")
+        assert conn.tool_responses[fid]["response"]["ok"] is False
+
+
+class TestDtmf:
+    async def test_dtmf_is_realtime_text(self, fake, quiet):
+        agent, _ = quiet
+        conn = await fake.connection()
+        await agent.send_dtmf("5")
+        await wait_for(lambda: conn.texts == ["caller pressed 5"], what="dtmf text")
+
+
+class TestResumption:
+    async def test_drop_reconnects_with_the_latest_handle_and_no_second_greeting(self, fake, session):
+        agent, events = session
+        conn = await fake.connection()
+        await events.wait(AgentTurnEnd)
+        await wait_for(lambda: agent.handle is not None, what="a handle")
+        handle = agent.handle
+        await conn.drop()
+        second = await fake.connection(1)
+        assert second.resumed_from == handle and second.turns == []
+        await agent.send_audio(b"\x00\x01" * 320)
+        await second.wait_audio(640)
+        assert not events.of(AgentClosed)
+
+    async def test_server_error_1011_mid_call_is_survived(self, fake, quiet):
+        _, events = quiet
+        conn = await fake.connection()
+        await conn.close(1011, "Internal error occurred.")
+        second = await fake.connection(1)
+        await second.speak(0.1)
+        await events.wait(AgentTurnEnd)
+        assert not events.of(AgentClosed)
+
+    async def test_go_away_moves_to_a_resumed_connection_before_the_deadline(self, fake, quiet):
+        agent, events = quiet
+        conn = await fake.connection()
+        await wait_for(lambda: agent.handle is not None, what="a handle")
+        handle = agent.handle
+        await conn.go_away(time_left=2.0)
+        second = await fake.connection(1)
+        assert second.resumed_from == handle and fake.cut_by_goaway == 0
+        await second.speak(0.1)
+        await events.wait(AgentTurnEnd)
+        assert not events.of(AgentClosed)
+
+    async def test_go_away_mid_tool_call_waits_for_a_resumable_point(self, fake, quiet):
+        agent, events = quiet
+        conn = await fake.connection()
+        await conn.tool_call("check_weather", {})  # the server marks the session not resumable
+        await wait_for(lambda: agent._resumable is False, what="not resumable")
+        go_away = asyncio.create_task(conn.go_away(time_left=3.0))
+        await asyncio.sleep(0.1)
+        assert len(fake.connections) == 1  # still here: a resume now would lose the tool call
+        await conn.turn_complete()  # a resumable handle again
+        await go_away
+        second = await fake.connection(1)
+        assert second.resumed_from is not None and fake.cut_by_goaway == 0
+
+
+class TestRefusal:
+    async def test_bad_key_refused_naming_the_error_without_the_key(self, fake):
+        agent = GeminiAgent(make_ctx(fake, gemini_api_key="bad-key-000"))
+        with pytest.raises(AgentRefused) as info:
+            await agent.connect()
+        assert "1007" in str(info.value) and "API key not valid" in str(info.value)
+        assert "bad-key-000" not in str(info.value)
+        await agent.aclose()
+        fake.violations.clear()
+
+    async def test_unknown_model_refused(self, fake):
+        agent = GeminiAgent(make_ctx(fake, gemini_model="gemini-nope"))
+        with pytest.raises(AgentRefused, match="1008.*gemini-nope"):
+            await agent.connect()
+        await agent.aclose()
+        fake.violations.clear()
+
+
+class TestLongConversation:
+    async def test_hundreds_of_turns_never_stall_or_leak(self, fake):
+        before = len(asyncio.all_tasks())
+        agent, events = await open_session(fake, AgentPrompt(instructions="x"))
+        conn = await fake.connection()
+        for turn in range(200):
+            await agent.send_audio(np.full(320, turn, dtype="<i2").tobytes())
+            await conn.transcribe_input(f"question {turn}")
+            await conn.speak(0.06, 440, f"answer {turn}", done=turn % 7 != 0)
+            if turn % 7 == 0:
+                await conn.interrupt()
+        await events.wait(AgentTurnEnd, 200, timeout=8.0)
+        await conn.wait_audio(200 * 640)
+        assert len(events.of(Transcript)) == 400
+        await agent.aclose()
+        await events.stop()
+        assert isinstance(events.events[-1], AgentClosed)
+        await asyncio.sleep(0)
+        assert len(asyncio.all_tasks()) <= before
+        assert fake.violations == []
+
+
+def test_audio_message_is_base64_pcm_with_rate():
+    ctx = make_ctx(FakeGeminiLive())
+    message = json.loads(GeminiAgent(ctx).audio_message(b"\x01\x02" * 4))
+    assert message == {"realtimeInput": {"audio": {"data": base64.b64encode(b"\x01\x02" * 4).decode(),
+                                                   "mimeType": "audio/pcm;rate=16000"}}}
