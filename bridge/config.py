@@ -117,6 +117,7 @@ class Settings:
     sip_allowed_cidrs: tuple = _env("SIP_ALLOWED_CIDRS", _cidrs("127.0.0.0/8,::1/128"), _cidrs)
     sip_ringing: bool = _env("SIP_RINGING", False, _bool)
     sip_transfer_mode: str = _env("SIP_TRANSFER_MODE", "refer", _choice("refer", "bye"))
+    sip_force_rport: bool = _env("SIP_FORCE_RPORT", False, _bool)  # answer to the source port as if Via had rport
 
     # transfer defaults shared by the ingresses
     transfer_context: str = _env("TRANSFER_CONTEXT", "default")
