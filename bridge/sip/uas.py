@@ -168,6 +168,7 @@ class Uas:
 
     def _on_request(self, req: Request, source: Address, now: float, reliable: bool) -> None:
         dest = self._stamp_via(req, source)
+        dest = source if reliable else dest  # §18.2.2: on a stream the response goes back on the connection
         if req.method == "ACK":
             self._on_ack(req, now)
             return

@@ -1,0 +1,340 @@
+"""The SIP listener at the edge: asyncio UDP (and TCP) feeding uas.py, the source ACL, and one task per call.
+
+The datagram callback only feeds the UAS, dispatches its events, flushes its output and re-arms its timer.
+Sources outside SIP_ALLOWED_CIDRS are dropped without an answer (and counted): a 403 would tell a scanner that
+something listens here, and a dropped INVITE costs nothing, while an accepted one spends API money.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+
+from bridge.call import Call, MediaCore
+from bridge.config import Settings
+from bridge.errors import AgentError, NoPortAvailable
+from bridge.media import Address, CallInfo, MediaLeg
+from bridge.sip.events import (
+    CallCancelled,
+    CallEnded,
+    DtmfReceived,
+    Event,
+    IncomingCall,
+    MediaChanged,
+    RequestDone,
+)
+from bridge.sip.message import MAX_MESSAGE
+from bridge.sip.transaction import TIMEOUT
+from bridge.sip.uas import Uas, UasConfig
+
+log = logging.getLogger(__name__)
+
+TRANSFER_GRACE = 10.0  # seconds we wait for the peer's BYE after a REFER it accepted, before our own BYE
+MAX_STREAM_BUFFER = 2 * MAX_MESSAGE  # bytes a TCP peer may have buffered without completing a message
+
+
+class SipServer:
+    """One SIP listener (UDP, TCP or both on the same port) and the calls it carries."""
+
+    def __init__(self, core: MediaCore, settings: Settings) -> None:
+        self.core = core
+        self.settings = settings
+        self.uas: Uas | None = None
+        self.address: Address = (settings.sip_domain, settings.sip_port)
+        self.denied = 0
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._streams: dict[Address, asyncio.Transport] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._calls: dict[str, Call] = {}
+        self._starting: dict[str, asyncio.Task[None]] = {}
+        self._waiters: dict[tuple[str, str], asyncio.Future[int]] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Bind, signal `ready`, serve until cancelled; live calls get BYE on the way out."""
+        await self._bind()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                log.info("= SIP listening on %s %s:%d", self.settings.sip_transport_type, *self.address)
+                if ready is not None:
+                    ready.set()
+                await asyncio.Event().wait()
+        finally:
+            self.close()
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.settings.sip_domain, self.settings.sip_port
+        host = "127.0.0.1" if host == "localhost" else host
+        kind = self.settings.sip_transport_type
+        if kind in ("udp", "both"):
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=(host, port))
+            port = self._udp.get_extra_info("sockname")[1]
+        if kind in ("tcp", "both"):
+            self._tcp = await loop.create_server(lambda: _Stream(self), host, port, reuse_address=True)
+            port = self._tcp.sockets[0].getsockname()[1]
+        self.address = (host, port)
+        transport = "UDP" if self._udp else "TCP"
+        self.uas = Uas(UasConfig(host, port, transport, ringing=self.settings.sip_ringing,
+                                 force_rport=self.settings.sip_force_rport))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for stream in list(self._streams.values()):
+            stream.close()
+
+    # -- feeding the core --------------------------------------------------------------------------------------
+
+    def allowed(self, source: Address) -> bool:
+        try:
+            ip = ipaddress.ip_address(source[0])
+        except ValueError:
+            return False
+        return any(ip in net for net in self.settings.sip_allowed_cidrs)
+
+    def feed(self, data: bytes, source: Address, reliable: bool = False) -> None:
+        """One message in: admission, the UAS, then its events and output."""
+        assert self.uas is not None
+        if not self.allowed(source):
+            self.denied += 1
+            log.debug("! SIP from %s:%d dropped: not in SIP_ALLOWED_CIDRS", *source)
+            return
+        self.uas.unavailable = self._unavailable()
+        self.uas.receive(data, source, asyncio.get_running_loop().time(), reliable)
+        self._pump()
+
+    def _unavailable(self) -> str | None:
+        reason = self.core.admit()
+        if reason is None and len(self.core.calls) + len(self._starting) >= self.settings.max_calls:
+            reason = f"max calls ({self.settings.max_calls}) reached"
+        return reason
+
+    def _on_timer(self) -> None:
+        assert self.uas is not None
+        self._timer = self._timer_at = None
+        self.uas.handle_timer(asyncio.get_running_loop().time())
+        self._pump()
+
+    def _pump(self) -> None:
+        assert self.uas is not None
+        for event in self.uas.events():
+            self._dispatch(event)
+        self._flush()
+        deadline = self.uas.next_deadline()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = None if deadline is None else asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _flush(self) -> None:
+        assert self.uas is not None
+        for data, dest in self.uas.datagrams():
+            stream = self._streams.get(dest)
+            if stream is not None and not stream.is_closing():
+                stream.write(data)
+            elif self._udp is not None:
+                self._udp.sendto(data, dest)
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case IncomingCall():
+                assert self._tg is not None
+                self._starting[event.call_id] = self._tg.create_task(self._run_call(event))
+            case CallCancelled(call_id=call_id):
+                if (task := self._starting.get(call_id)) is not None:
+                    task.cancel()
+            case CallEnded(call_id=call_id, reason=reason):
+                self._ended.setdefault(call_id, asyncio.Event()).set()
+                if (call := self._calls.get(call_id)) is not None:
+                    call.end(reason)
+            case MediaChanged(call_id=call_id, media=media):
+                if (call := self._calls.get(call_id)) is not None:
+                    if media.remote is not None:
+                        call.update_media(MediaLeg(media.remote, media.codec, media.payload_type,
+                                                   media.dtmf_payload_type))
+                    call.set_sending(media.sending)
+            case RequestDone(call_id=call_id, method=method, status=status):
+                waiter = self._waiters.pop((call_id, method), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(status)
+            case DtmfReceived(call_id=call_id, key=key):
+                if (call := self._calls.get(call_id)) is not None:
+                    call.dtmf(key)
+
+    # -- calls -----------------------------------------------------------------------------------------------
+
+    async def _run_call(self, event: IncomingCall) -> None:
+        """Create the call, answer, run it; the BYE on the way out if the dialog is still up."""
+        assert self.uas is not None
+        call_id = event.call_id
+        media = event.media
+        info = CallInfo(call_id, "sip", event.caller, event.callee, event.metadata)
+        leg = MediaLeg(media.remote, media.codec, media.payload_type, media.dtmf_payload_type)
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                call = await self.core.create_call(info, leg)
+            except (AgentError, NoPortAvailable) as exc:
+                log.warning("! [%s] call refused: %s", call_id, exc)
+                self.uas.reject(call_id, 503, loop.time(), [("retry-after", "30")])
+                return
+            finally:
+                self._starting.pop(call_id, None)
+            call.set_sending(media.sending)
+            if not self.uas.answer(call_id, call.local_address, loop.time()):
+                await call.aclose()  # cancelled while the agent connected
+                return
+            self._calls[call_id] = call
+            self._pump()
+            reason = await call.run(SipControl(self, call_id))
+            log.info("= [%s] SIP call over: %s", call_id, reason)
+        finally:
+            self._calls.pop(call_id, None)
+            self._ended.pop(call_id, None)
+            if self.uas.in_dialog(call_id):
+                self.uas.hangup(call_id, loop.time())  # shutdown or a failed agent: BYE now, no waiting
+            self._pump()
+
+    async def request_and_wait(self, call_id: str, method: str, start: bool) -> int:
+        """Wait for the final status of the BYE/REFER that `start` (the UAS call) just queued; 0 if none was."""
+        if not start:
+            return 0
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters[(call_id, method)] = waiter
+        self._pump()
+        try:
+            async with asyncio.timeout(TIMEOUT + 1):
+                return await waiter
+        except TimeoutError:
+            return 408
+        finally:
+            self._waiters.pop((call_id, method), None)
+
+    async def wait_ended(self, call_id: str, timeout: float) -> bool:
+        event = self._ended.setdefault(call_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        return event.is_set()
+
+
+class SipControl:
+    """CallControl for a SIP call: hang-up is our BYE, transfer is REFER (or BYE, per SIP_TRANSFER_MODE)."""
+
+    def __init__(self, server: SipServer, call_id: str) -> None:
+        self.server = server
+        self.call_id = call_id
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def hangup(self, reason: str) -> None:
+        uas = self.server.uas
+        assert uas is not None
+        status = await self.server.request_and_wait(self.call_id, "BYE", uas.hangup(self.call_id, self._now()))
+        log.info("> [%s] BYE (%s): %s", self.call_id, reason, status or "dialog already over")
+
+    async def transfer(self, destination: str) -> None:
+        uas = self.server.uas
+        assert uas is not None
+        target = refer_target(destination or self.server.settings.transfer_extension,
+                              uas.remote_target_host(self.call_id))
+        if self.server.settings.sip_transfer_mode == "bye" or not target:
+            await self.hangup(f"transfer to {destination!r} by hang-up")
+            return
+        status = await self.server.request_and_wait(self.call_id, "REFER",
+                                                    uas.refer(self.call_id, target, self._now()))
+        log.info("> [%s] REFER to %s: %s", self.call_id, target, status)
+        if 200 <= status < 300 and await self.server.wait_ended(self.call_id, TRANSFER_GRACE):
+            return
+        await self.hangup("transfer done" if 200 <= status < 300 else f"REFER failed ({status})")
+
+
+def refer_target(destination: str, host: str) -> str:
+    """A Refer-To URI: a full sip:/sips:/tel: URI as given, else `destination` as the user at the peer's host."""
+    if not destination:
+        return ""
+    if destination.lower().startswith(("sip:", "sips:", "tel:")):
+        return destination
+    return f"sip:{destination}@{host}"
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        self.server.feed(data, addr[:2])
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("! SIP UDP: %s", exc)  # ICMP unreachable from a gone peer: the retransmit timers handle it
+
+
+class _Stream(asyncio.Protocol):
+    """A TCP connection: messages framed by Content-Length (§18.3); responses go back on it."""
+
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+        self.buffer = bytearray()
+        self.peer: Address = ("", 0)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")[:2]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not self.server.allowed(self.peer):
+            self.server.denied += 1
+            transport.close()
+            return
+        self.server._streams[self.peer] = self.transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.server._streams.get(self.peer) is self.transport:
+            del self.server._streams[self.peer]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (message := self._next_message()) is not None:
+            self.server.feed(message, self.peer, reliable=True)
+        if len(self.buffer) > MAX_STREAM_BUFFER and self.transport is not None:
+            self.transport.close()  # no message boundary in sight: not SIP, or an attack
+
+    def _next_message(self) -> bytes | None:
+        while self.buffer[:2] == b"\r\n":  # keep-alive CRLFs (RFC 5626 §3.5.1)
+            del self.buffer[:2]
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        head = bytes(self.buffer[:end]).decode("latin-1").lower()
+        length = 0
+        for line in head.split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip() in ("content-length", "l") and value.strip().isdigit():
+                length = int(value.strip())
+        total = end + 4 + length
+        if len(self.buffer) < total:
+            return None
+        message = bytes(self.buffer[:total])
+        del self.buffer[:total]
+        return message
+
+
+async def serve_sip(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """The SIP ingress: runs until cancelled; sets `ready` once bound."""
+    await SipServer(core, settings).run(ready)
