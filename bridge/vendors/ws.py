@@ -332,6 +332,8 @@ class WsSession:
                     await ws.send(message)
                 case VendorError(message=message):
                     raise AgentRefused(f"{self.agent.vendor}: {self._redact(message)}")
+                case Reconnect():
+                    pass  # not before Ready: a new connection would be no better
                 case _:
                     self._events.put_nowait(action)
         return ready
