@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -278,21 +279,34 @@ class TestFaults:
 
 
 class TestLongConversation:
-    async def test_hundreds_of_turns_never_stall_or_leak(self, fake):
+    async def test_hundreds_of_turns_never_stall_flat_memory_no_task_left(self, fake):
         before = len(asyncio.all_tasks())
         agent = DeepgramAgent(make_ctx(fake, prompt=AgentPrompt(instructions="x")))
         await agent.connect()
         events = Collector(agent)
         conn = await fake.connection()
-        for turn in range(300):
-            await agent.send_audio(bytes([turn % 256]) * 160)
-            await conn.user_said(f"turn {turn}")
-            await conn.speak(bytes([turn % 200]) * 320, f"reply {turn}")
-            if turn % 10 == 0:
-                await conn.barge_in()
-        await events.wait(AgentTurnEnd, 300, timeout=8.0)
+        snapshots = []
+        tracemalloc.start()
+        try:
+            for turn in range(300):
+                await agent.send_audio(bytes([turn % 256]) * 160)
+                await conn.user_said(f"turn {turn}")
+                if turn % 10 == 0:
+                    await conn.barge_in()
+                await conn.speak(bytes([turn % 200]) * 320, f"reply {turn}")
+                await events.wait(AgentTurnEnd)
+                assert events.audio() == bytes([turn % 200]) * 320
+                assert Transcript("caller", f"turn {turn}") in events.events
+                events.events.clear()  # the call consumes events as they come
+                if turn in (50, 299):
+                    snapshots.append(tracemalloc.take_snapshot().filter_traces(
+                        [tracemalloc.Filter(True, "*/bridge/*")]))
+        finally:
+            tracemalloc.stop()
+        growth = sum(d.size_diff for d in snapshots[1].compare_to(snapshots[0], "filename"))
+        assert growth < 64 * 1024, f"bridge memory grew by {growth} bytes over 250 turns"
         await conn.wait_audio(300 * 160)
-        assert len(events.audio()) == 300 * 320
+        assert bytes(conn.audio) == b"".join(bytes([t % 256]) * 160 for t in range(300))
         await agent.aclose()
         await events.stop()
         assert isinstance(events.events[-1], AgentClosed)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -315,19 +316,32 @@ class TestRefusal:
 
 
 class TestLongConversation:
-    async def test_hundreds_of_turns_never_stall_or_leak(self, fake):
+    async def test_hundreds_of_turns_never_stall_flat_memory_no_task_left(self, fake):
         before = len(asyncio.all_tasks())
         agent, events = await open_session(fake, AgentPrompt(instructions="x"))
         conn = await fake.connection()
-        for turn in range(200):
-            await agent.send_audio(np.full(320, turn, dtype="<i2").tobytes())
-            await conn.transcribe_input(f"question {turn}")
-            await conn.speak(0.06, 440, f"answer {turn}", done=turn % 7 != 0)
-            if turn % 7 == 0:
-                await conn.interrupt()
-        await events.wait(AgentTurnEnd, 200, timeout=8.0)
+        snapshots = []
+        tracemalloc.start()
+        try:
+            for turn in range(200):
+                await agent.send_audio(np.full(320, turn, dtype="<i2").tobytes())
+                await conn.transcribe_input(f"question {turn}")
+                pcm = await conn.speak(0.06, 440, f"answer {turn}", done=turn % 7 != 0)
+                if turn % 7 == 0:
+                    await conn.interrupt()
+                await events.wait(AgentTurnEnd)
+                assert events.audio() == pcm
+                assert events.of(Transcript) == [Transcript("caller", f"question {turn}"),
+                                                 Transcript("agent", f"answer {turn}")]
+                events.events.clear()  # the call consumes events as they come
+                if turn in (40, 199):
+                    snapshots.append(tracemalloc.take_snapshot().filter_traces(
+                        [tracemalloc.Filter(True, "*/bridge/*")]))
+        finally:
+            tracemalloc.stop()
+        growth = sum(d.size_diff for d in snapshots[1].compare_to(snapshots[0], "filename"))
+        assert growth < 64 * 1024, f"bridge memory grew by {growth} bytes over 160 turns"
         await conn.wait_audio(200 * 640)
-        assert len(events.of(Transcript)) == 400
         await agent.aclose()
         await events.stop()
         assert isinstance(events.events[-1], AgentClosed)
