@@ -1,0 +1,274 @@
+"""The ESL outbound server: FreeSWITCH's `socket <adapter>:8084 async full` hands a call over; media by `unicast`.
+
+Per connection (../shared/docs/pbx.md §2.4, §2.7): `connect` (the reply is the channel's data) -> `myevents` ->
+`linger` -> `execute answer` unless answered -> core.create_call -> `sendmsg` unicast to the call's UDP port ->
+call.run. FreeSWITCH binds the unicast `local` side itself: it gets the odd port next to ours (the pool hands
+out even ports only, so the adapter never binds the odd one). Frames are raw G.711 (`native`), no RTP header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import uuid as uuidlib
+
+from bridge.call import Call, CallLog, MediaCore
+from bridge.config import Settings
+from bridge.errors import AgentRefused, BridgeError, NoPortAvailable
+from bridge.media import Address, CallInfo, Codec, MediaLeg
+from bridge.pbx.esl import protocol as esl
+from bridge.pbx.esl.client import EslConnection
+from bridge.pbx.esl.protocol import EslError, EslEvent, EslMessage, Headers
+
+log = logging.getLogger(__name__)
+
+ANSWER_TIMEOUT = 10.0  # seconds for `answer` to complete (a SIP 200/ACK round trip on a slow link)
+REFUSE_CAUSE = "NORMAL_TEMPORARY_FAILURE"  # Q.850 41 -> SIP 503: the PBX may try elsewhere
+_CODECS = {"PCMU": Codec.PCMU, "PCMA": Codec.PCMA}
+def call_info(channel: Headers, settings: Settings) -> CallInfo:
+    """The neutral CallInfo of a connect reply (CHANNEL_DATA): caller, callee, the variables named in config."""
+    metadata = {name: channel[f"variable_{name}"] for name in settings.esl_variables if f"variable_{name}" in channel}
+    return CallInfo(
+        call_id=channel.get("Unique-ID", ""),
+        ingress="esl",
+        caller=channel.get("Caller-Caller-ID-Number", ""),
+        callee=channel.get("Caller-Destination-Number", ""),
+        metadata=metadata,
+    )
+
+
+class EslControl:
+    """CallControl over the call's own outbound socket."""
+
+    def __init__(self, session: OutboundSession) -> None:
+        self.session = session
+        self.ending = ""  # "hangup" / "transfer" once the agent asked for it
+
+    async def hangup(self, reason: str) -> None:
+        self.ending = self.ending or "hangup"
+        try:
+            await self.session.conn.checked(esl.hangup("NORMAL_CLEARING"))
+        except EslError as exc:
+            self.session.log.warning("! hangup not acknowledged: %s", exc)
+
+    async def transfer(self, destination: str) -> None:
+        s = self.session
+        try:
+            extension, context = esl.transfer_target(destination, s.settings.transfer_extension,
+                                                     s.settings.transfer_context)
+            if s.full:
+                await s.conn.checked(esl.api(f"uuid_transfer {s.uuid} {extension} XML {context}"))
+            else:  # `api` needs a `full` socket; the dialplan app works in any socket
+                await s.conn.checked(esl.execute("transfer", f"{extension} XML {context}"))
+        except (ValueError, EslError) as exc:
+            s.log.warning("! transfer failed (%s): hanging up instead", exc)
+            await self.hangup("transfer failed")
+            return
+        self.ending = "transfer"
+        s.log.info("> transferred to %s in %s", extension, context)
+
+
+class OutboundSession:
+    """One outbound socket from FreeSWITCH, carrying one channel."""
+
+    def __init__(self, core: MediaCore, settings: Settings, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.core = core
+        self.settings = settings
+        self.conn = EslConnection(reader, writer, self._on_event, self._on_notice)
+        self.log: logging.LoggerAdapter = CallLog(log, {"call_id": "esl:{}:{}".format(*self.conn.peer)})
+        self.uuid = ""
+        self.full = True
+        self.call: Call | None = None
+        self.control = EslControl(self)
+        self.gone = ""  # why the channel is over for us: its hangup, the disconnect-notice, the socket's end
+        self.finished = asyncio.Event()  # FreeSWITCH is done with the socket (disconnect-notice or EOF)
+        self._completions: dict[str, asyncio.Future[EslEvent]] = {}
+        self.sent_commands: list[str] = []  # first line of each command, for logs and the report
+
+    async def run(self) -> None:
+        """Handle the connection until FreeSWITCH or the call ends it; never raises BridgeError/OSError."""
+        async with asyncio.TaskGroup() as tg:
+            reading = tg.create_task(self.conn.read_loop())
+            watching = tg.create_task(self._watch())
+            try:
+                await self._serve()
+            except (BridgeError, OSError) as exc:
+                self.log.warning("! esl session failed: %s", exc)
+            finally:
+                self._teardown()
+                reading.cancel()
+                watching.cancel()
+
+    async def _watch(self) -> None:
+        await self.conn.closed.wait()
+        self.finished.set()
+        self._channel_gone(f"freeswitch gone: {self.conn.close_reason}")
+
+    async def _send(self, data: bytes, timeout: float = 10.0) -> EslMessage:
+        self.sent_commands.append(data.split(b"\n", 1)[0].decode())
+        return await self.conn.command(data, timeout)
+
+    async def _serve(self) -> None:
+        reply = await self._send(esl.connect())
+        channel = reply.headers
+        self.uuid = channel.get("Unique-ID", "")
+        if not self.uuid:
+            raise EslError("connect reply without Unique-ID")
+        self.log = CallLog(log, {"call_id": self.uuid})
+        self.full = channel.get("Control") == "full"
+        if (refusal := self.core.admit()) is not None:
+            self.log.warning("x refusing the call: %s", refusal)
+            await self._send(esl.hangup(REFUSE_CAUSE))
+            return
+        channel = await self._handshake(channel)
+        codec = _CODECS.get(channel.get("Channel-Read-Codec-Name", ""))
+        if codec is None:
+            self.log.error("x channel codec %r is not G.711: set absolute_codec_string=PCMU,PCMA before `answer`",
+                           channel.get("Channel-Read-Codec-Name"))
+            await self._send(esl.hangup("INCOMPATIBLE_DESTINATION"))
+            return
+        try:
+            self.call = await self.core.create_call(call_info(channel, self.settings), MediaLeg(None, codec, raw=True))
+        except (AgentRefused, NoPortAvailable) as exc:
+            self.log.warning("x call refused: %s", exc)
+            await self._send(esl.hangup(REFUSE_CAUSE))
+            return
+        try:
+            await self._fork_media(codec)
+        except BaseException:
+            await self.call.aclose()
+            raise
+        if self.gone:
+            self.call.end(self.gone)
+        reason = await self.call.run(self.control)
+        if self.control.ending == "transfer":  # the socket stays until FreeSWITCH drops it: closing it would
+            await self.finished.wait()  # hang up the transferred channel (mod_event_socket, no `resume`)
+        self.log.info("= esl call over: %s", reason)
+
+    async def _handshake(self, channel: Headers) -> Headers:
+        """myevents, linger, answer: the channel's events come to us, and the last ones still do after hangup."""
+        reply = await self._send(esl.myevents())
+        if not reply.ok:
+            raise EslError(f"myevents: {reply.reply_text}")
+        reply = await self._send(esl.linger())
+        if not reply.ok:  # `socket ... async` without `full`: linger and api are refused (mod_event_socket.c)
+            self.full = False
+            self.log.warning("! linger refused (%s): use `socket <adapter>:8084 async full`", reply.reply_text)
+        if channel.get("Answer-State") != "answered":
+            done = await self._execute("answer")
+            if codec := done.headers.get("Channel-Read-Codec-Name"):
+                channel = Headers([("Channel-Read-Codec-Name", codec), *channel.items()])
+        return channel
+
+    async def _execute(self, app: str, arg: str = "") -> EslEvent:
+        """Run a dialplan app and wait for its CHANNEL_EXECUTE_COMPLETE (matched by Application-UUID)."""
+        event_uuid = str(uuidlib.uuid4())
+        future: asyncio.Future[EslEvent] = asyncio.get_running_loop().create_future()
+        self._completions[event_uuid] = future
+        try:
+            reply = await self._send(esl.execute(app, arg, event_uuid=event_uuid))
+            if not reply.ok:
+                raise EslError(f"execute {app}: {reply.reply_text}")
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                return await future
+        except TimeoutError:
+            raise EslError(f"{app} did not complete within {ANSWER_TIMEOUT:.0f} s") from None
+        finally:
+            self._completions.pop(event_uuid, None)
+
+    async def _fork_media(self, codec: Codec) -> None:
+        assert self.call is not None
+        ours = self.call.local_address
+        host = ours[0] if not ipaddress.ip_address(ours[0]).is_unspecified else self.conn.local[0]
+        theirs: Address = (self.conn.peer[0], ours[1] + 1)
+        self.call.update_media(MediaLeg(theirs, codec, raw=True))
+        reply = await self._send(esl.unicast(theirs, (host, ours[1])))
+        if not reply.ok:
+            raise EslError(f"unicast: {reply.reply_text}")
+        self.log.info("= unicast: freeswitch %s:%d <-> adapter %s:%d (%s, native)", *theirs, host, ours[1],
+                      codec.name)
+
+    def _teardown(self) -> None:
+        """Hang up what is still up (shutdown, agent failure), then close the socket."""
+        if not self.gone and self.uuid and not self.control.ending and not self.conn.closed.is_set():
+            self.sent_commands.append("sendmsg")
+            self.conn.send_nowait(esl.hangup("NORMAL_CLEARING"))
+        self.conn.close()
+
+    # -- FreeSWITCH -> us ---------------------------------------------------------------------------------------
+
+    def _on_event(self, event: EslEvent) -> None:
+        match event.name:
+            case "CHANNEL_EXECUTE_COMPLETE":
+                future = self._completions.get(event.headers.get("Application-UUID", ""))
+                if future is not None and not future.done():
+                    future.set_result(event)
+            case "DTMF":
+                digit = event.headers.get("DTMF-Digit", "")
+                if self.call is not None and len(digit) == 1:
+                    self.call.dtmf(digit)
+            case "CHANNEL_HANGUP":
+                cause = event.headers.get("Hangup-Cause", "")
+                self._channel_gone(f"freeswitch hung up ({cause})" if self.control.ending else
+                                   f"caller hung up ({cause})")
+
+    def _on_notice(self, message: EslMessage) -> None:
+        if message.content_type == esl.CONTENT_DISCONNECT:
+            self.finished.set()
+            self._channel_gone(f"disconnect-notice ({message.headers.get('Content-Disposition', '')})")
+
+    def _channel_gone(self, reason: str) -> None:
+        if self.gone:
+            return
+        self.gone = reason
+        for future in self._completions.values():
+            if not future.done():
+                future.set_exception(EslError(f"channel gone: {reason}"))
+        if self.call is not None and self.control.ending != "hangup":
+            self.call.end(reason)
+
+
+class EslOutboundServer:
+    """Listens on ESL_LISTEN; one OutboundSession per connection, all owned by one TaskGroup."""
+
+    def __init__(self, core: MediaCore, settings: Settings) -> None:
+        if settings.esl_listen is None:
+            raise ValueError("ESL_LISTEN is not set")
+        self.core = core
+        self.settings = settings
+        self.address: Address = settings.esl_listen
+        self.sessions: set[OutboundSession] = set()
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        """Accept until cancelled; cancelling hangs up every live call of this server."""
+        async with asyncio.TaskGroup() as tg:
+            def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                tg.create_task(self._session(reader, writer))
+
+            server = await asyncio.start_server(accept, *self.settings.esl_listen)
+            self.address = server.sockets[0].getsockname()[:2]
+            log.info("= esl outbound server on %s:%d", *self.address)
+            async with server:
+                if ready is not None:
+                    ready.set()
+                await asyncio.Future()  # until cancelled
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = OutboundSession(self.core, self.settings, reader, writer)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        except Exception:  # a bug in one connection must not take the listener and every other call down
+            session.log.exception("! esl session crashed")
+        finally:
+            self.sessions.discard(session)
+            with contextlib.suppress(OSError):
+                writer.close()
+
+
+async def serve_esl(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """The ESL outbound ingress (ESL_LISTEN): runs until cancelled; sets `ready` once listening."""
+    await EslOutboundServer(core, settings).serve(ready)
