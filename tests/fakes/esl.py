@@ -441,6 +441,6 @@ class FakeInboundServer:
                 return "-USAGE: <uuid> [-bleg|-both] <dest-exten> [<dialplan>] [<context>]\n"
             if args[0] not in self.channels:
                 return "-ERR No such channel!\n"
-            self.transfers.append(arg)
+            self.transfers.append(rest)
             return "+OK\n"
         return f"-ERR {cmd} Command not found!\n"
