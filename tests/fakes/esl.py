@@ -137,6 +137,8 @@ class FakeSocketApp:
         self.connected = False
         self.myevents = False
         self.linger: int | None = None
+        self.resumed = False
+        self.continued = False
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -216,7 +218,9 @@ class FakeSocketApp:
                 await self._command(*cmd)
         finally:
             self.adapter_closed.set()
-            if not self.hangup_cause:  # socket closed without `resume`: the channel is hung up
+            if self.resumed and not self.hangup_cause:
+                self.continued = True  # `resume`: the dialplan goes on after the socket app
+            elif not self.hangup_cause:  # socket closed without `resume`: the channel is hung up
                 self.hangup_cause = "NORMAL_CLEARING"
                 self.hung_up.set()
             if self.media is not None:
@@ -245,6 +249,9 @@ class FakeSocketApp:
             case "linger":
                 self.linger = int(arg) if arg else -1
                 self._send(command_reply(f"+OK will linger {arg} seconds" if arg else "+OK will linger"))
+            case "resume":
+                self.resumed = True
+                self._send(command_reply("+OK"))
             case "sendmsg":
                 await self._sendmsg(arg, headers, body)
             case "api":
@@ -299,10 +306,13 @@ class FakeSocketApp:
             self._event("CHANNEL_ANSWER")
         elif app == "transfer":
             self.transfers.append(arg)
+        elif app == "set":
+            name, _, value = arg.partition("=")
+            self.variables[name] = value
         elif app == "hangup":
             await self._hangup(arg or "NORMAL_CLEARING")
             return
-        elif app not in ("park", "playback", "sleep", "set"):
+        elif app not in ("park", "playback", "sleep"):
             await self._hangup("DESTINATION_OUT_OF_ORDER")
             return
         self._event("CHANNEL_EXECUTE_COMPLETE", info + [("Application-Response", "_none_")])

@@ -302,6 +302,11 @@ def bgapi(cmd: str, job_uuid: str | None = None) -> bytes:
     return command(f"bgapi {cmd}", {"Job-UUID": job_uuid} if job_uuid else None)
 
 
+def resume() -> bytes:
+    """Outbound mode: when the socket closes, continue the dialplan instead of hanging up."""
+    return command("resume")
+
+
 def exit_() -> bytes:
     return command("exit")
 

@@ -2,8 +2,9 @@
 
 Per connection (../shared/docs/pbx.md §2.4, §2.7): `connect` (the reply is the channel's data) -> `myevents` ->
 `linger` -> `execute answer` unless answered -> core.create_call -> `sendmsg` unicast to the call's UDP port ->
-call.run. FreeSWITCH binds the unicast `local` side itself: it gets the odd port next to ours (the pool hands
-out even ports only, so the adapter never binds the odd one). Frames are raw G.711 (`native`), no RTP header.
+call.run. A call that cannot start goes back to the dialplan (`set SIP_TO_AI_REFUSED=<why>`, `resume`, `exit`).
+FreeSWITCH binds the unicast `local` side itself: it gets the odd port next to ours (the pool hands out even
+ports only, so the adapter never binds the odd one). Frames are raw G.711 (`native`), no RTP header.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bridge.pbx.esl.protocol import EslError, EslEvent, EslMessage, Headers
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT = 10.0  # seconds for `answer` to complete (a SIP 200/ACK round trip on a slow link)
-REFUSE_CAUSE = "NORMAL_TEMPORARY_FAILURE"  # Q.850 41 -> SIP 503: the PBX may try elsewhere
+REFUSED_VARIABLE = "SIP_TO_AI_REFUSED"  # set on a call given back to the dialplan: why (as the ARI ingress does)
 _CODECS = {"PCMU": Codec.PCMU, "PCMA": Codec.PCMA}
 def call_info(channel: Headers, settings: Settings) -> CallInfo:
     """The neutral CallInfo of a connect reply (CHANNEL_DATA): caller, callee, the variables named in config."""
@@ -119,22 +120,22 @@ class OutboundSession:
             raise EslError("connect reply without Unique-ID")
         self.log = CallLog(log, {"call_id": self.uuid})
         self.full = channel.get("Control") == "full"
+        reply = await self._send(esl.myevents())
+        if not reply.ok:
+            raise EslError(f"myevents: {reply.reply_text}")
         if (refusal := self.core.admit()) is not None:
-            self.log.warning("x refusing the call: %s", refusal)
-            await self._send(esl.hangup(REFUSE_CAUSE))
+            await self._refuse(refusal)
             return
-        channel = await self._handshake(channel)
+        channel = await self._linger_and_answer(channel)
         codec = _CODECS.get(channel.get("Channel-Read-Codec-Name", ""))
         if codec is None:
-            self.log.error("x channel codec %r is not G.711: set absolute_codec_string=PCMU,PCMA before `answer`",
-                           channel.get("Channel-Read-Codec-Name"))
-            await self._send(esl.hangup("INCOMPATIBLE_DESTINATION"))
+            await self._refuse(f"channel codec {channel.get('Channel-Read-Codec-Name')!r} is not G.711: "
+                               "set absolute_codec_string=PCMU,PCMA before the socket app")
             return
         try:
             self.call = await self.core.create_call(call_info(channel, self.settings), MediaLeg(None, codec, raw=True))
         except (AgentRefused, NoPortAvailable) as exc:
-            self.log.warning("x call refused: %s", exc)
-            await self._send(esl.hangup(REFUSE_CAUSE))
+            await self._refuse(str(exc))
             return
         try:
             await self._fork_media(codec)
@@ -148,11 +149,19 @@ class OutboundSession:
             await self.finished.wait()  # hang up the transferred channel (mod_event_socket, no `resume`)
         self.log.info("= esl call over: %s", reason)
 
-    async def _handshake(self, channel: Headers) -> Headers:
-        """myevents, linger, answer: the channel's events come to us, and the last ones still do after hangup."""
-        reply = await self._send(esl.myevents())
-        if not reply.ok:
-            raise EslError(f"myevents: {reply.reply_text}")
+    async def _refuse(self, why: str) -> None:
+        """Give the call back to the dialplan (after `socket`), with SIP_TO_AI_REFUSED=<why>, like the ARI ingress."""
+        self.log.warning("x refusing the call: %s", why)
+        self.control.ending = "refused"
+        try:
+            await self._execute("set", f"{REFUSED_VARIABLE}={why}")
+        except EslError as exc:
+            self.log.warning("! could not set %s: %s", REFUSED_VARIABLE, exc)
+        await self._send(esl.resume())  # on disconnect the dialplan continues instead of hanging up
+        await self._send(esl.exit_())
+
+    async def _linger_and_answer(self, channel: Headers) -> Headers:
+        """linger (the last events still arrive after hangup), then answer unless answered; the answered data."""
         reply = await self._send(esl.linger())
         if not reply.ok:  # `socket ... async` without `full`: linger and api are refused (mod_event_socket.c)
             self.full = False

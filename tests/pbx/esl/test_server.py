@@ -10,6 +10,7 @@ import statistics
 import pytest
 
 from bridge.call import MediaCore
+from bridge.errors import AgentRefused
 from bridge.media import FRAME_MS
 from bridge.pbx.esl.server import EslOutboundServer
 from bridge.vendors.base import (
@@ -215,18 +216,30 @@ async def test_freeswitch_vanishing_mid_call():
             await until(lambda: not core.calls)
 
 
-async def test_refused_when_full():
+async def test_refused_call_goes_back_to_the_dialplan_unanswered():
     async with esl_call(esl_settings(max_calls=0)) as (core, fs):
         await until(fs.adapter_closed.is_set)
-        assert fs.commands == ["connect", "sendmsg"]
-        assert fs.sendmsgs == [{"call-command": "hangup", "hangup-cause": "NORMAL_TEMPORARY_FAILURE"}]
+        assert fs.commands == ["connect", "myevents plain", "sendmsg", "resume", "exit"]
+        assert fs.sendmsgs[0]["execute-app-name"] == "set"
+        assert fs.variables["SIP_TO_AI_REFUSED"] == "max calls (0) reached"
+        assert fs.continued and not fs.answered and not fs.hangup_cause
 
 
-async def test_non_g711_channel_is_hung_up():
+async def test_non_g711_channel_is_given_back():
     async with esl_call(esl_settings(), answered=True, codec="OPUS") as (core, fs):
         await until(fs.adapter_closed.is_set)
-        assert fs.sendmsgs == [{"call-command": "hangup", "hangup-cause": "INCOMPATIBLE_DESTINATION"}]
-        assert not core.calls
+        assert "not G.711" in fs.variables["SIP_TO_AI_REFUSED"]
+        assert fs.continued and not core.calls and fs.media is None
+
+
+async def test_agent_refusal_gives_the_call_back():
+    def refusing(ctx):
+        raise AgentRefused("openai: invalid_api_key")
+
+    async with esl_call(esl_settings(), refusing) as (core, fs):
+        await until(fs.adapter_closed.is_set)
+        assert fs.variables["SIP_TO_AI_REFUSED"] == "openai: invalid_api_key"
+        assert fs.continued and not core.calls and not core.ports.in_use
 
 
 async def test_already_answered_channel_is_not_answered_again():
