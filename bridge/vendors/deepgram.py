@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bridge.media import Codec
@@ -24,11 +25,18 @@ KEEPALIVE_IDLE = 5.0
 
 ENCODING = {Codec.PCMU: "mulaw", Codec.PCMA: "alaw"}  # audio.input/output.encoding names for G.711
 ROLES = {"user": "caller", "assistant": "agent"}  # ConversationText.role -> Transcript.role
+# Utterances replayed as `agent.context.messages` after a reconnect, so the model remembers the call; the most
+# recent ones matter, and Deepgram's managed LLMs cap the prompt at 25,000 characters (vendors.md §2.2).
+HISTORY_LIMIT = 40
 IRREVERSIBLE = {tools.END_CALL, tools.TRANSFER_CALL}  # held until the caller's turn is confirmed (defer_until_eot)
 
 
-def settings_message(ctx: AgentContext, greeting: bool) -> dict[str, Any]:
-    """The `Settings` message (vendors.md §2.2): G.711 8 kHz raw both ways, prompt, tools, optional greeting."""
+def settings_message(ctx: AgentContext, greeting: bool, history: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The `Settings` message (vendors.md §2.2): G.711 8 kHz raw both ways, prompt, tools, optional greeting.
+
+    `history` is the conversation so far as (role, text) with Deepgram's roles (user/assistant), replayed
+    after a reconnect as `agent.context.messages`.
+    """
     s = ctx.settings
     encoding = ENCODING[ctx.codec]
     agent: dict[str, Any] = {
@@ -42,6 +50,8 @@ def settings_message(ctx: AgentContext, greeting: bool) -> dict[str, Any]:
     }
     if greeting and ctx.prompt.greeting:
         agent["greeting"] = ctx.prompt.greeting
+    if history:
+        agent["context"] = {"messages": [{"type": "History", "role": r, "content": t} for r, t in history]}
     return {
         "type": "Settings",
         "tags": ["sip-to-ai"],
@@ -80,6 +90,7 @@ class DeepgramAgent(WsAgent):
         super().__init__(ctx)
         self.input_format = self.output_format = AudioFormat.of(ctx.codec)
         self._greet = True  # the greeting is spoken once per call, not again after a reconnect
+        self._history: deque[tuple[str, str]] = deque(maxlen=HISTORY_LIMIT)
 
     # -- hooks (no I/O) -------------------------------------------------------------------------------------
 
@@ -108,14 +119,19 @@ class DeepgramAgent(WsAgent):
     # -- server messages ------------------------------------------------------------------------------------
 
     def _welcome(self, data: dict[str, Any]) -> list[Action]:
-        return [Send(_json(settings_message(self.ctx, self._greet)))]
+        history = () if self._greet else tuple(self._history)
+        return [Send(_json(settings_message(self.ctx, self._greet, history)))]
 
     def _settings_applied(self, data: dict[str, Any]) -> list[Action]:
         return [Ready()]
 
     def _conversation_text(self, data: dict[str, Any]) -> list[Action]:
         role = ROLES.get(data.get("role", ""))
-        return [Transcript(role, str(data.get("content", "")))] if role else []  # type: ignore[arg-type]
+        if role is None:
+            return []
+        text = str(data.get("content", ""))
+        self._history.append((data["role"], text))
+        return [Transcript(role, text)]  # type: ignore[arg-type]
 
     def _function_call(self, data: dict[str, Any]) -> list[Action]:
         actions: list[Action] = []

@@ -122,11 +122,12 @@ class TestConnect:
 
         from tests.fakes.ws_vendor import unknown_keys
 
-        raw = json.dumps(settings_message(make_ctx(fake), greeting=True))
-        parsed = dg.AgentV1Settings.model_validate_json(raw)
-        assert list(unknown_keys(parsed)) == []
-        assert parsed.audio.input.encoding in get_args(get_args(dg.AgentV1SettingsAudioInputEncoding)[0])
-        assert parsed.audio.output.encoding in get_args(get_args(dg.AgentV1SettingsAudioOutputEncoding)[0])
+        for message in (settings_message(make_ctx(fake), greeting=True),
+                        settings_message(make_ctx(fake), False, [("user", "hi"), ("assistant", "hello")])):
+            parsed = dg.AgentV1Settings.model_validate_json(json.dumps(message))
+            assert list(unknown_keys(parsed)) == []
+            assert parsed.audio.input.encoding in get_args(get_args(dg.AgentV1SettingsAudioInputEncoding)[0])
+            assert parsed.audio.output.encoding in get_args(get_args(dg.AgentV1SettingsAudioOutputEncoding)[0])
 
 
 class TestAudio:
@@ -243,9 +244,15 @@ class TestFaults:
         agent, events = session
         conn = await fake.connection()
         await events.wait(AgentTurnEnd)
+        await conn.user_said("my order is 42")
+        await wait_for(lambda: Transcript("caller", "my order is 42") in events.events, what="transcript")
         await conn.drop()
         second = await fake.connection(1)
         assert "greeting" not in second.settings["agent"]
+        assert second.settings["agent"]["context"]["messages"] == [  # the model keeps the conversation
+            {"type": "History", "role": "assistant", "content": "Hello, how can I help?"},
+            {"type": "History", "role": "user", "content": "my order is 42"},
+        ]
         await agent.send_audio(b"\x7f" * 160)
         await second.wait_audio(160)
         await second.speak(b"\x33" * 480, "still here")
