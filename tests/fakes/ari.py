@@ -37,6 +37,7 @@ DECODE = {0: audioop.ulaw2lin, 8: audioop.alaw2lin}
 BRIDGE_TYPES = {"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single", "sdp_label"}
 PROBATION = 4  # res_rtp_asterisk DEFAULT_LEARNING_MIN_SEQUENTIAL
 LEARN_SECONDS = 5.0  # STRICT_RTP_LEARN_TIMEOUT
+MEDIA_STASIS_DELAY = 0.02  # seconds between the externalMedia reply and the channel's StasisStart
 
 
 class AriReply(Exception):
@@ -501,13 +502,18 @@ class FakeAsterisk:
         await ch.rtp.open()
         self.media_history.append(ch.rtp)
         self.channels[ch.id] = ch
-        reply = ch.model()
-        # chan_rtp answers at once and the channel enters Stasis(app[,data]) (pbx.md §1.4)
+        # chan_rtp answers and the channel enters Stasis(app[,data]) (pbx.md §1.4) on its own thread, a few
+        # ms after the reply: until then addChannel answers 422 (as Asterisk 22 does).
+        asyncio.get_running_loop().call_later(MEDIA_STASIS_DELAY, self._media_enters_stasis, ch, q)
+        return ch.model()
+
+    def _media_enters_stasis(self, ch: FakeChannel, q: dict[str, str]) -> None:
+        if ch.id not in self.channels:
+            return
         ch.state, ch.app = "Up", q["app"]
         ch.dialplan = {"context": "default", "exten": "s", "priority": 1, "app_name": "Stasis",
                        "app_data": ",".join(filter(None, (q["app"], q.get("data"))))}
         self._emit(ch.app, "StasisStart", channel=ch.model(), args=[q["data"]] if q.get("data") else [])
-        return reply
 
     # ---- bridges -------------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any
@@ -29,6 +30,8 @@ REFUSED_VARIABLE = "SIP_TO_AI_REFUSED"  # set on a channel continued in the dial
 MEDIA_TECHNOLOGIES = ("UnicastRTP", "AudioSocket", "WebSocket")  # ExternalMedia channels: never callers
 CODECS = {"ulaw": Codec.PCMU, "alaw": Codec.PCMA}  # ExternalMedia RTP formats the G.711 core speaks
 CLEANUP_TIMEOUT = 5.0  # seconds for the DELETEs that release one call in Asterisk
+MEDIA_STASIS_TIMEOUT = 5.0  # seconds for the ExternalMedia channel to enter the app (a few ms on loopback)
+MEDIA_STASIS_POLL = 0.1  # seconds between addChannel attempts when its StasisStart has not been seen
 ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
@@ -45,6 +48,7 @@ class AriCall:
         self.media_created = False
         self.bridge_created = False
         self.gone_reason = ""  # set when Asterisk says the caller left (StasisEnd, ChannelDestroyed, 404)
+        self.media_in_stasis = asyncio.Event()  # its StasisStart: only then may it join a bridge (else 422)
         self.releasing = False
 
     def gone(self, reason: str) -> None:
@@ -99,7 +103,7 @@ class StasisApp:
     def on_event(self, event: AriEvent) -> None:
         match event:
             case StasisStart(channel=ch) if ch.id in self.media_ids or ch.technology in MEDIA_TECHNOLOGIES:
-                pass  # our own ExternalMedia channel entering the app
+                self._media_entered(ch.id)  # our own ExternalMedia channel entering the app: not a call
             case StasisStart(channel=ch, args=args) if ch.id not in self.calls:
                 log.info("< StasisStart %s (%s) from %r args=%s", ch.id, ch.name, ch.caller_number, list(args))
                 session = AriCall(self.ari, self.settings, ch)
@@ -114,6 +118,11 @@ class StasisApp:
             case ApplicationReplaced():
                 log.error("! another websocket took over ARI app %r: give each adapter its own ARI_APP",
                           self.settings.ari_app)
+
+    def _media_entered(self, channel_id: str) -> None:
+        for session in self.calls.values():
+            if session.media_id == channel_id:
+                session.media_in_stasis.set()
 
     def _left(self, ch: Channel, why: str) -> None:
         if ch.id in self.calls:
@@ -183,8 +192,30 @@ class StasisApp:
         media = await self.ari.external_media(session.media_id, external_host, self.settings.ari_format)
         session.bridge_created = True
         await self.ari.create_bridge(session.bridge_id, f"sip-to-ai {session.channel.id}")
-        await self.ari.add_channels(session.bridge_id, [session.channel.id, session.media_id])
+        await self._add_when_in_stasis(session)
         return await self._media_address(media)
+
+    async def _add_when_in_stasis(self, session: AriCall) -> None:
+        """addChannel once the ExternalMedia channel is in Stasis.
+
+        It enters Stasis asynchronously, after the POST returns: adding it before its StasisStart gives 422
+        "Channel not in Stasis application" (seen on Asterisk 22). The StasisStart may also be lost to a
+        websocket drop, so 422 is retried every MEDIA_STASIS_POLL until MEDIA_STASIS_TIMEOUT.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MEDIA_STASIS_TIMEOUT
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(MEDIA_STASIS_POLL):
+                    await session.media_in_stasis.wait()
+            if session.gone_reason:
+                raise AriError(f"caller left during setup ({session.gone_reason})")
+            try:
+                await self.ari.add_channels(session.bridge_id, [session.channel.id, session.media_id])
+                return
+            except AriError as exc:
+                if exc.status != 422 or loop.time() > deadline:
+                    raise
 
     async def _media_address(self, media: Channel) -> Address:
         """UNICASTRTP_LOCAL_ADDRESS/PORT from the ExternalMedia reply, else read as channel variables."""

@@ -31,6 +31,10 @@ def agents(script=(), refuse=False):
     return factory
 
 
+def bridged(fake: FakeAsterisk) -> bool:
+    return any(len(b.channels) == 2 for b in fake.bridges.values())
+
+
 async def settle_empty(fake: FakeAsterisk, adapter: Adapter) -> None:
     await wait_until(lambda: not fake.leftovers(), what="GET /channels and /bridges empty")
     await wait_until(lambda: not adapter.core.calls, what="no live call in the core")
@@ -78,7 +82,7 @@ class TestEchoCall:
     async def test_an_answered_channel_is_not_answered_again(self, fake, ari_settings):
         async with Adapter(ari_settings) as adapter:
             caller = fake.call_in(state="Up")
-            await wait_until(lambda: fake.media_channel() is not None and fake.bridges, what="bridge")
+            await wait_until(lambda: bridged(fake), what="bridged")
             fake.caller_hangup(caller)
             await settle_empty(fake, adapter)
         assert ("POST", f"/channels/{caller}/answer") not in [(m, p) for m, p, _ in fake.requests]
@@ -134,7 +138,7 @@ class TestTeardown:
         adapter = Adapter(ari_settings)
         async with adapter:
             fake.call_in(source=tone(TONE_HZ))
-            await wait_until(lambda: fake.bridges and adapter.core.calls, what="call up")
+            await wait_until(lambda: bridged(fake) and adapter.core.calls, what="call up")
         assert not fake.leftovers()
         assert not adapter.core.calls
 
@@ -164,7 +168,7 @@ class TestControl:
         factory = agents()
         async with Adapter(ari_settings, factory) as adapter:
             caller = fake.call_in()
-            await wait_until(lambda: fake.bridges, what="bridged")
+            await wait_until(lambda: bridged(fake), what="bridged")
             for digit in "5#":
                 fake.press(caller, digit)
             await wait_until(lambda: factory.made[0].digits == ["5", "#"], what="DTMF at the agent")
@@ -177,7 +181,7 @@ class TestAdmission:
         settings = dataclasses.replace(ari_settings, max_calls=1)
         async with Adapter(settings) as adapter:
             first = fake.call_in()
-            await wait_until(lambda: fake.bridges, what="first call bridged")
+            await wait_until(lambda: bridged(fake), what="first call bridged")
             second = fake.call_in()
             await wait_until(lambda: fake.continued, what="second continued")
             assert fake.continued == [(second, {})]
@@ -217,7 +221,7 @@ class TestReconnect:
     async def test_caller_gone_while_disconnected_is_cleaned_up(self, fake, ari_settings):
         async with Adapter(ari_settings) as adapter:
             caller = fake.call_in()
-            await wait_until(lambda: fake.bridges, what="bridged")
+            await wait_until(lambda: bridged(fake), what="bridged")
             await fake.drop_websockets()
             fake.caller_hangup(caller)  # its StasisEnd is lost
             await wait_until(lambda: "sip-to-ai" in fake.sockets, what="reconnected")
@@ -226,11 +230,41 @@ class TestReconnect:
     async def test_asterisk_restart_mid_call_then_next_call_served(self, fake, ari_settings):
         async with Adapter(ari_settings) as adapter:
             fake.call_in(source=tone(TONE_HZ))
-            await wait_until(lambda: fake.bridges, what="bridged")
+            await wait_until(lambda: bridged(fake), what="bridged")
             await fake.restart()
             await wait_until(lambda: "sip-to-ai" in fake.sockets, what="reconnected")
             await wait_until(lambda: not adapter.core.calls, what="lost call ended")
             caller = fake.call_in(source=tone(TONE_HZ))
             await wait_until(lambda: len(fake.heard(caller)) > 5, what="next call echoes")
             fake.caller_hangup(caller)
+            await settle_empty(fake, adapter)
+
+
+class TestSetupRaces:
+    async def test_media_stasisstart_lost_the_call_still_bridges(self, fake, ari_settings, monkeypatch):
+        emit = fake._emit
+
+        def lose_media_stasis_start(app, kind, **fields):  # as if the websocket dropped at that moment
+            if kind == "StasisStart" and fields["channel"]["name"].startswith("UnicastRTP/"):
+                return
+            emit(app, kind, **fields)
+
+        monkeypatch.setattr(fake, "_emit", lose_media_stasis_start)
+        async with Adapter(ari_settings) as adapter:
+            caller = fake.call_in(source=tone(TONE_HZ))
+            await wait_until(lambda: len(fake.heard(caller)) > 5, what="echo flowing")
+            fake.caller_hangup(caller)
+            await settle_empty(fake, adapter)
+
+    async def test_caller_hangs_up_during_setup(self, fake, ari_settings, monkeypatch):
+        external_media = fake._external_media
+
+        async def hang_up_first(op, path, q):
+            reply = await external_media(op, path, q)
+            fake.caller_hangup(next(c.id for c in fake.channels.values() if c.name.startswith("PJSIP/")))
+            return reply
+
+        monkeypatch.setitem(fake.handlers, "externalMedia", hang_up_first)
+        async with Adapter(ari_settings) as adapter:
+            fake.call_in()
             await settle_empty(fake, adapter)
