@@ -264,3 +264,14 @@ async def test_garbage_closes_only_that_connection(garbage):
             await until(lambda: fs.media is not None and fs.uuid in core.calls)
             await fs.hangup()
             await until(lambda: not core.calls)
+
+
+async def test_comfort_noise_frames_do_not_end_the_call():
+    """During CN FreeSWITCH sends 320 bytes of 0xFF even with `native` (pbx.md §2.4): the call goes on."""
+    script = FRAMES[:10] + [b"\xff" * 320] + FRAMES[10:20]
+    async with esl_call(esl_settings(), frames=script) as (core, fs):
+        await until(lambda: fs.media is not None and len(audio_frames(fs.media)) >= 20)
+        assert audio_frames(fs.media)[:20] == FRAMES[:20]
+        assert fs.uuid in core.calls and not fs.hangup_cause
+        await fs.hangup()
+        await until(lambda: not core.calls)

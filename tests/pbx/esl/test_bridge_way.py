@@ -1,0 +1,66 @@
+"""The `bridge` way: the snippet's X- headers reach the call as metadata, and transfer goes by uuid_transfer."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from bridge.pbx.esl.inbound import a_leg_uuid, transfer_a_leg
+from bridge.sip.events import IncomingCall
+from bridge.sip.uas import Uas, UasConfig
+from tests.fakes.esl import FakeInboundServer
+from tests.pbx.esl.test_inbound import inbound
+
+A_LEG = "0d5cbb42-6a5b-4b49-9d07-4c9ad0e7a2f1"
+BRIDGE_FILE = Path(__file__).resolve().parents[3] / "freeswitch" / "bridge-to-adapter.xml"
+
+# The B-leg INVITE mod_sofia sends for the bridge snippet (pbx.md §2.1: sip_h_X-* become headers, SDP with only
+# the forced G.711 codecs, telephone-event 101 with fmtp 0-15, ptime 20).
+_SDP = ("v=0\r\no=FreeSWITCH 1732450000 1732450001 IN IP4 127.0.0.1\r\ns=FreeSWITCH\r\nc=IN IP4 127.0.0.1\r\n"
+        "t=0 0\r\nm=audio 24000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+        "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n")
+INVITE = (
+    "INVITE sip:ai@127.0.0.1:6060 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5080;rport;branch=z9hG4bKa1b2c3\r\n"
+    "Max-Forwards: 69\r\n"
+    'From: "Alice" <sip:1001@127.0.0.1:5080>;tag=Q1a2b3\r\n'
+    "To: <sip:ai@127.0.0.1:6060>\r\n"
+    "Call-ID: 9f1e2d3c-fs-bridge\r\n"
+    "CSeq: 12345 INVITE\r\n"
+    "Contact: <sip:mod_sofia@127.0.0.1:5080>\r\n"
+    "User-Agent: FreeSWITCH-mod_sofia/1.10.12-release~64bit\r\n"
+    "Content-Type: application/sdp\r\n"
+    "X-AI-Caller: 1001\r\n"
+    f"X-AI-Call-UUID: {A_LEG}\r\n"
+    f"Content-Length: {len(_SDP)}\r\n\r\n{_SDP}"
+).encode()
+
+
+def incoming_call() -> IncomingCall:
+    uas = Uas(UasConfig("127.0.0.1", 6060))
+    uas.receive(INVITE, ("127.0.0.1", 5080), 0.0)
+    [call] = [e for e in uas.events() if isinstance(e, IncomingCall)]
+    return call
+
+
+def test_snippet_headers_arrive_as_call_metadata():
+    call = incoming_call()
+    assert call.caller == "1001"
+    assert {k.lower(): v for k, v in call.metadata.items()}["x-ai-caller"] == "1001"
+    assert a_leg_uuid(call.metadata) == A_LEG
+
+
+async def test_agent_transfer_of_a_bridged_call_sends_uuid_transfer():
+    metadata = incoming_call().metadata
+    async with FakeInboundServer(channels={A_LEG}) as fake, inbound(fake) as core:
+        assert await transfer_a_leg(core, metadata, "3001")
+        assert fake.commands[-1] == f"api uuid_transfer {A_LEG} 3001 XML sales"
+
+
+def test_bridge_snippet_sets_the_headers_this_test_sends():
+    if not BRIDGE_FILE.exists():
+        pytest.skip("freeswitch/bridge-to-adapter.xml (the SIP responder's file) is not there yet")
+    data = " ".join(a.get("data", "") for a in ET.parse(BRIDGE_FILE).iter("action"))
+    assert "sip_h_X-AI-Call-UUID=${uuid}" in data and "sip_h_X-AI-Caller=" in data
