@@ -23,7 +23,9 @@ def server_key(req: Request) -> tuple[str, ...]:
     method = "INVITE" if req.method == "ACK" else req.method
     sent_by = f"{via.host}:{via.port or 5060}"
     if via.branch.startswith("z9hG4bK") and len(via.branch) > 7:
-        return ("3261", via.branch, sent_by, method)
+        # The Call-ID is not in §17.2.3's key, but every true retransmission carries the same one; keeping it
+        # apart stops a client that reuses branches across calls (RFC 4475 cparam01/02 do) from merging them.
+        return ("3261", via.branch, sent_by, req.get("call-id") or "", method)
     frm = req.name_addr("from").tag
     return ("2543", req.get("call-id") or "", frm, str(req.cseq()[0]), sent_by, method)
 
