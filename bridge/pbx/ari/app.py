@@ -106,9 +106,7 @@ class StasisApp:
                 self._media_entered(ch.id)  # our own ExternalMedia channel entering the app: not a call
             case StasisStart(channel=ch, args=args) if ch.id not in self.calls:
                 log.info("< StasisStart %s (%s) from %r args=%s", ch.id, ch.name, ch.caller_number, list(args))
-                session = AriCall(self.ari, self.settings, ch)
-                self.calls[ch.id] = session
-                self.tg.create_task(self._serve(session, args), name=f"ari-call-{ch.id}")
+                self._start(ch, args)
             case StasisEnd(channel=ch) | ChannelDestroyed(channel=ch):
                 self._left(ch, type(event).__name__)
             case ChannelDtmfReceived(channel=ch, digit=digit) if ch.id in self.calls:
@@ -118,6 +116,11 @@ class StasisApp:
             case ApplicationReplaced():
                 log.error("! another websocket took over ARI app %r: give each adapter its own ARI_APP",
                           self.settings.ari_app)
+
+    def _start(self, ch: Channel, args: tuple[str, ...]) -> None:
+        session = AriCall(self.ari, self.settings, ch)
+        self.calls[ch.id] = session
+        self.tg.create_task(self._serve(session, args), name=f"ari-call-{ch.id}")
 
     def _media_entered(self, channel_id: str) -> None:
         for session in self.calls.values():
@@ -144,6 +147,23 @@ class StasisApp:
                 log.warning("! ari: cannot check channel %s: %s", session.channel.id, exc)
         for kind, ident in sorted(self.orphans):
             await self._delete(kind, ident)
+        await self._adopt()
+
+    async def _adopt(self) -> None:
+        """Serve callers that entered Stasis(ARI_APP) while the websocket was down (their StasisStart is lost)."""
+        try:
+            channels = await self.ari.list_channels()
+        except AriError as exc:
+            log.warning("! ari: cannot list channels after reconnect: %s", exc)
+            return
+        for ch in channels:
+            app, *args = ch.app_data.split(",")
+            if ch.app_name != "Stasis" or app != self.settings.ari_app or ch.id in self.calls:
+                continue
+            if ch.id in self.media_ids or ch.technology in MEDIA_TECHNOLOGIES:
+                continue
+            log.info("< %s (%s) entered %s while ARI was disconnected: serving it", ch.id, ch.name, app)
+            self._start(ch, tuple(args))
 
     # ---- one call -------------------------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ class Channel:
     caller_number: str = ""
     exten: str = ""
     context: str = ""
+    app_name: str = ""  # the dialplan application it is running (Stasis while in an ARI app)
+    app_data: str = ""
     protocol_id: str = ""
     channelvars: Mapping[str, str] = field(default_factory=dict)
 
@@ -43,6 +45,8 @@ class Channel:
             caller_number=str(caller.get("number", "")),
             exten=str(dialplan.get("exten", "")),
             context=str(dialplan.get("context", "")),
+            app_name=str(dialplan.get("app_name", "")),
+            app_data=str(dialplan.get("app_data", "")),
             protocol_id=str(obj.get("protocol_id", "")),
             channelvars={str(k): str(v) for k, v in variables.items()},
         )

@@ -268,3 +268,13 @@ class TestSetupRaces:
         async with Adapter(ari_settings) as adapter:
             fake.call_in()
             await settle_empty(fake, adapter)
+
+    async def test_caller_entering_while_disconnected_is_served_after_reconnect(self, fake, ari_settings):
+        async with Adapter(ari_settings) as adapter:
+            await fake.drop_websockets()
+            caller = fake.call_in(args=("late",), source=tone(TONE_HZ))  # its StasisStart is lost
+            await wait_until(lambda: "sip-to-ai" in fake.sockets, what="reconnected")
+            await wait_until(lambda: len(fake.heard(caller)) > 5, what="echo flowing")
+            assert adapter.core.calls[caller].info.metadata["args"] == "late"
+            fake.caller_hangup(caller)
+            await settle_empty(fake, adapter)
