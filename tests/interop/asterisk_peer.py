@@ -38,6 +38,16 @@ exten => s,1,Answer()
  same => n,Playtones({freq})
  same => n,Wait(30)
  same => n,Hangup()
+exten => dtmf,1,Answer()
+ same => n,Wait(1.5)
+ same => n,SendDTMF(5#)
+ same => n,Wait(30)
+ same => n,Hangup()
+
+; where a transferred test call lands (TRANSFER_CONTEXT in the tests)
+[interop-transfer]
+exten => _X.,1,Wait(1)
+ same => n,Hangup()
 """
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bridge.codec.g711 import ulaw_decode
-from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest
+from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest, TransferRequest
 from tests.interop.asterisk_peer import AsteriskPeer, skip_reason
 from tests.pbx.ari.conftest import Adapter, ScriptedAgent, wait_until
 
@@ -204,3 +204,37 @@ async def test_asterisk_restart_mid_call_then_next_call_is_served(asterisk, ari_
         await nothing_left(asterisk)
     out = echoed_part(read_wav(asterisk.recordings / "rec-2.wav"))
     assert abs(frequency(out) - TONE_HZ) < 10
+
+
+async def test_dtmf_from_the_caller_reaches_the_agent(asterisk, ari_settings):
+    made: list[ScriptedAgent] = []
+
+    def factory(ctx):  # type: ignore[no-untyped-def]
+        made.append(ScriptedAgent(ctx, []))
+        return made[-1]
+
+    async with Adapter(ari_settings, factory) as adapter:
+        await registered(asterisk)
+        await originate(asterisk, "dtmf@interop-tone")  # the far half sends SendDTMF(5#) after 1.5 s
+        await wait_until(lambda: made and made[0].digits == ["5", "#"], timeout=6, what="DTMF 5# at the agent")
+        await asyncio.to_thread(asterisk.post, "/channels/" + next(iter(adapter.core.calls)) + "/continue")
+        await wait_until(lambda: not adapter.core.calls, what="call released")
+    await nothing_left(asterisk)
+
+
+async def test_agent_transfer_continues_the_caller_in_the_dialplan(asterisk, ari_settings):
+    settings = dataclasses.replace(ari_settings, transfer_context="interop-transfer")
+
+    def factory(ctx):  # type: ignore[no-untyped-def]
+        return ScriptedAgent(ctx, [TransferRequest("2000")])
+
+    async with Adapter(settings, factory) as adapter:
+        await registered(asterisk)
+        await originate(asterisk, "s@interop-tone")
+        await wait_until(lambda: adapter.core.calls, what="call up")
+        caller = next(iter(adapter.core.calls))
+        await wait_until(lambda: not adapter.core.calls, what="call handed back")
+        channel = await aget(asterisk, f"/channels/{caller}")
+        assert channel["dialplan"]["context"] == "interop-transfer" and channel["dialplan"]["exten"] == "2000"
+        assert await aget(asterisk, "/bridges") == []
+    await nothing_left(asterisk)  # [interop-transfer] hangs up after 1 s
