@@ -1,0 +1,156 @@
+"""The live SIP listener on loopback: calls with the test caller, admission, refusals, our BYE and REFER."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+from collections.abc import AsyncIterator
+
+from bridge.caller import place_calls
+from bridge.errors import AgentRefused
+from bridge.sip import message, sdp
+from bridge.sip.message import Request, Response
+from bridge.vendors.base import (
+    Agent,
+    AgentClosed,
+    AgentContext,
+    AgentEvent,
+    AudioFormat,
+    HangupRequest,
+    TransferRequest,
+)
+from tests.sip.sip_live import RawClient, live_server, status_of
+
+
+class ScriptedAgent(Agent):
+    """An agent that emits a fixed list of (delay, event) and then stays quiet until closed."""
+
+    def __init__(self, ctx: AgentContext, script: list[tuple[float, AgentEvent]], refuse: bool = False) -> None:
+        super().__init__(ctx)
+        self.input_format = self.output_format = AudioFormat.of(ctx.codec)
+        self.script, self.refuse = script, refuse
+        self.closed = asyncio.Event()
+
+    async def connect(self) -> None:
+        if self.refuse:
+            raise AgentRefused("invalid API key (test)")
+
+    async def send_audio(self, data: bytes) -> None:
+        return None
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        for delay, event in self.script:
+            await asyncio.sleep(delay)
+            yield event
+        await self.closed.wait()
+        yield AgentClosed("closed")
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+def invite(client: RawClient, dest: tuple[str, int], call_id: str, body: bytes | None = None) -> bytes:
+    offer = body if body is not None else sdp.build(sdp.default_offer(), ("127.0.0.1", 30000), 1, 1, offer=True)
+    data = (f"INVITE sip:ai@{dest[0]}:{dest[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+            "Max-Forwards: 70\r\nFrom: <sip:+15550001@127.0.0.1>;tag=t1\r\nTo: <sip:ai@127.0.0.1>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{client.port}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(offer)}\r\n\r\n").encode() + offer
+    client.send(data, dest)
+    return data
+
+
+async def test_a_call_with_the_test_caller_echoes_back():
+    async with live_server() as server:
+        (fig,) = await place_calls(f"sip:echo@127.0.0.1:{server.address[1]}", calls=1, seconds=1.5)
+    assert fig.answered and fig.ended_by == "caller"
+    assert fig.sent == 75 and fig.received > 60
+    assert fig.echo_delay_ms is not None and 80 < fig.echo_delay_ms < 600  # ECHO_DELAY_MS=100 plus the path
+
+
+async def test_sources_outside_the_allowed_cidrs_are_dropped():
+    async with live_server(sip_allowed_cidrs=(ipaddress.ip_network("10.0.0.0/8"),)) as server:
+        client = await RawClient.open()
+        client.options(server.address)
+        assert await client.recv(0.5) is None
+        assert server.denied == 1
+        client.close()
+
+
+async def test_max_calls_and_draining_answer_503_with_retry_after():
+    async with live_server(max_calls=0) as server:
+        client = await RawClient.open()
+        invite(client, server.address, "full-1")
+        resp = await client.final()
+        assert status_of(resp) == 503 and isinstance(resp, Response) and resp.get("retry-after")
+        client.options(server.address)
+        assert status_of(await client.final()) == 503
+        client.close()
+    async with live_server() as server:
+        server.core.draining = True
+        client = await RawClient.open()
+        invite(client, server.address, "drain-1")
+        assert status_of(await client.final()) == 503
+        client.close()
+
+
+async def test_agent_refused_is_503_and_nothing_is_left_allocated():
+    async with live_server(lambda ctx: ScriptedAgent(ctx, [], refuse=True)) as server:
+        client = await RawClient.open()
+        invite(client, server.address, "refused-1")
+        assert status_of(await client.final()) == 503
+        assert not server.core.calls and not server.core.ports.in_use
+        client.close()
+
+
+async def test_the_adapter_sends_bye_when_the_agent_hangs_up():
+    async with live_server(lambda ctx: ScriptedAgent(ctx, [(0.4, HangupRequest("goodbye"))])) as server:
+        (fig,) = await place_calls(f"sip:echo@127.0.0.1:{server.address[1]}", calls=1, seconds=5)
+        assert fig.answered and fig.ended_by == "adapter" and fig.sent < 100
+        await asyncio.sleep(0.1)
+        assert not server.core.calls
+
+
+async def test_transfer_sends_refer_and_the_callers_bye_ends_the_call():
+    async with live_server(lambda ctx: ScriptedAgent(ctx, [(0.2, TransferRequest("sales"))])) as server:
+        client = await RawClient.open()
+        invite(client, server.address, "xfer-1")
+        ok = await client.final()
+        assert isinstance(ok, Response) and ok.status == 200
+        to = ok.get("to")
+        ack = (f"ACK sip:sip-to-ai@127.0.0.1:{server.address[1]} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKack{secrets.token_hex(4)};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: <sip:+15550001@127.0.0.1>;tag=t1\r\nTo: {to}\r\nCall-ID: xfer-1\r\n"
+               "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n").encode()
+        client.send(ack, server.address)
+        refer = await client.recv(3.0)
+        while isinstance(refer, Response):
+            refer = await client.recv(3.0)
+        assert isinstance(refer, Request) and refer.method == "REFER"
+        assert refer.get("refer-to") == "<sip:sales@127.0.0.1>"
+        client.send(bytes(message.response(refer, 202)), server.address)  # FreeSWITCH: 202, NOTIFY, then BYE
+        bye = (f"BYE sip:sip-to-ai@127.0.0.1:{server.address[1]} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bKbye{secrets.token_hex(4)};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: <sip:+15550001@127.0.0.1>;tag=t1\r\nTo: {to}\r\nCall-ID: xfer-1\r\n"
+               "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n").encode()
+        client.send(bye, server.address)
+        assert status_of(await client.final()) == 200
+        await asyncio.sleep(0.2)
+        assert not server.core.calls
+        client.close()
+
+
+async def test_tcp_and_udp_on_the_same_port():
+    async with live_server(sip_transport_type="both") as server:
+        reader, writer = await asyncio.open_connection(*server.address)
+        client = await RawClient.open()
+        data = client.options(server.address).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP").replace(b"z9hG4bK", b"z9hG4bKtcp")
+        assert status_of(await client.final()) == 200  # the UDP copy
+        writer.write(data[:30])
+        await writer.drain()
+        writer.write(data[30:])  # split across segments: framed by Content-Length
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+        assert head.startswith(b"SIP/2.0 200 OK")
+        writer.close()
+        client.close()
