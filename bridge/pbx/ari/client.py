@@ -206,6 +206,11 @@ class AriClient:
                         ready.set()
                     await self._read(ws, on_event)
                 log.warning("x ari events websocket closed (%s); reconnecting", ws.close_code)
+            except aiohttp.WSServerHandshakeError as exc:
+                # 401: wrong ARI_USERNAME/ARI_PASSWORD; keep trying, ari.conf may be fixed and reloaded
+                (log.error if exc.status in (401, 403) else log.warning)(
+                    "! ari events refused: HTTP %s %s; retrying", exc.status, exc.message
+                )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("! ari events: %s: %s; reconnecting", type(exc).__name__, exc)
             await asyncio.sleep(next(delays))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 
 import pytest
@@ -52,3 +54,22 @@ class TestRest:
             with pytest.raises(AriError) as err:
                 await ari.list_bridges()
         assert err.value.status is None
+
+
+class TestListen:
+    async def test_rejected_credentials_are_logged_and_retried(self, fake, caplog):
+        async with AriClient(fake.url, "adapter", "wrong", "sip-to-ai") as ari:
+
+            async def on_connect(reconnected: bool) -> None:
+                raise AssertionError("must not connect with a wrong password")
+
+            task = asyncio.create_task(ari.listen(lambda e: None, on_connect))
+            for _ in range(300):
+                if any("HTTP 401" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert any(r.levelname == "ERROR" and "HTTP 401" in r.getMessage() for r in caplog.records)
+        assert "wrong" not in caplog.text  # the password is never logged
