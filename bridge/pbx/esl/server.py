@@ -116,8 +116,8 @@ class OutboundSession:
         reply = await self._send(esl.connect())
         channel = reply.headers
         self.uuid = channel.get("Unique-ID", "")
-        if not self.uuid:
-            raise EslError("connect reply without Unique-ID")
+        if not esl.UUID.fullmatch(self.uuid):  # it goes into api commands: one plain token only
+            raise EslError(f"connect reply without a usable Unique-ID ({self.uuid[:40]!r})")
         self.log = CallLog(log, {"call_id": self.uuid})
         self.full = channel.get("Control") == "full"
         reply = await self._send(esl.myevents())
