@@ -298,13 +298,13 @@ async def place_calls(target: str, calls: int = 1, seconds: float = 5.0, pcm: np
                       record: bool = False, local_host: str = "127.0.0.1") -> list[CallFigures]:
     """Place `calls` concurrent test calls to `target` and return each call's figures."""
     if pcm is None:
-        pcm = test_signal(seconds)
+        pcm = noise_signal(seconds)
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(run_call(TestCall(target, local_host), seconds, pcm, record)) for _ in range(calls)]
     return [t.result() for t in tasks]
 
 
-def test_signal(seconds: float, seed: int = 4475) -> np.ndarray:
+def noise_signal(seconds: float, seed: int = 4475) -> np.ndarray:
     """Noise at a speech-like level: its autocorrelation has one sharp peak, so the echo delay is unambiguous."""
     rng = np.random.default_rng(seed)
     return np.clip(rng.normal(0, 3000, int(seconds * SAMPLE_RATE) + FRAME_SAMPLES), -32767, 32767).astype(np.int16)
