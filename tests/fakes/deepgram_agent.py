@@ -92,6 +92,7 @@ class DeepgramConnection:
     applied: asyncio.Event = field(default_factory=asyncio.Event)
     audio: bytearray = field(default_factory=bytearray)  # caller audio received, in order
     audio_frames: int = 0
+    audio_times: list[float] = field(default_factory=list)  # loop time each binary frame arrived
     messages: list[dict[str, Any]] = field(default_factory=list)  # client JSON messages, in order
     keepalives: int = 0
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)  # FunctionCallResponse by id
@@ -168,6 +169,7 @@ class DeepgramConnection:
             return
         self.audio.extend(data)
         self.audio_frames += 1
+        self.audio_times.append(asyncio.get_running_loop().time())
 
     async def on_text(self, raw: str) -> None:
         try:

@@ -90,6 +90,7 @@ class GeminiConnection:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     audio: bytearray = field(default_factory=bytearray)  # caller PCM16 received, in order
     audio_rates: set[int] = field(default_factory=set)
+    audio_times: list[float] = field(default_factory=list)  # loop time each audio message arrived
     texts: list[str] = field(default_factory=list)  # realtimeInput.text
     turns: list[dict[str, Any]] = field(default_factory=list)  # clientContent messages
     tool_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -230,6 +231,7 @@ class GeminiConnection:
                 raise Rejected(1007, INVALID, "audio must be PCM16 with its rate in the MIME type")
             self.audio_rates.add(int(m.group(1)))
             self.audio.extend(data)
+            self.audio_times.append(asyncio.get_running_loop().time())
         elif (text := _get(body, "text")) is not None:
             self.texts.append(text)
         elif _get(body, "mediaChunks") is not None:

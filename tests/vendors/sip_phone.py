@@ -65,6 +65,7 @@ class Phone:
     sip_in: asyncio.Queue[tuple[float, bytes]] = field(default_factory=asyncio.Queue)
     rtp_in: asyncio.Queue[tuple[float, bytes]] = field(default_factory=asyncio.Queue)
     received: list[tuple[float, RtpPacket]] = field(default_factory=list)  # every RTP packet, arrival time
+    sent_at: list[float] = field(default_factory=list)  # loop time each audio frame was sent
     bye_at: float | None = None  # when the adapter's BYE arrived
     remote_rtp: Address | None = None
     call_id: str = field(default_factory=lambda: f"phone-{random.getrandbits(48):x}")
@@ -173,6 +174,7 @@ class Phone:
         for i, frame in enumerate(frames):
             await asyncio.sleep(max(0.0, t0 + i * 0.02 - loop.time()))
             self._send_rtp(self.pt, frame, marker=self._seq == 0)
+            self.sent_at.append(loop.time())
             self._ts += 160
 
     async def dtmf(self, key: str) -> None:
