@@ -118,6 +118,7 @@ class Session:
         self.updated = asyncio.Event()
         self.closed = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
+        self.rx_time = 0.0  # loop time the message being handled arrived
 
     # -- sending -----------------------------------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ class Session:
         await self.send({"type": "response.content_part.added", **base,
                          "part": {"type": "audio", "transcript": ""}})
         per_ms = self._bytes_per_ms("output")
-        sizes = itertools.cycle(CHUNKS)
+        sizes = itertools.cycle(self.fake.chunks)
         loop = asyncio.get_running_loop()
         start, pos = loop.time(), 0
         while pos < len(audio):
@@ -334,7 +335,7 @@ class Session:
         if self._bytes_per_ms("input") == 48 and len(chunk) % 2:
             return await self._reject(Violation("Invalid 'audio': odd byte count for 16-bit PCM."))
         self.audio += chunk
-        self.appends.append((asyncio.get_running_loop().time(), chunk))
+        self.appends.append((self.rx_time, chunk))
 
     async def _on_response_create(self, event: dict) -> None:
         if self.response is not None and not self.response.done:
@@ -386,6 +387,7 @@ class Session:
             try:
                 async for msg in self.ws:
                     if msg.type == WSMsgType.TEXT:
+                        self.rx_time = asyncio.get_running_loop().time()  # before any checking, for latency
                         await self.handle(msg.data)
                     elif msg.type == WSMsgType.BINARY:
                         await self._reject(Violation("Binary frames are not supported; send JSON text."))
@@ -417,11 +419,13 @@ class FakeRealtime:
 
     def __init__(self, api_key: str = "sk-test-0123456789", *, azure: bool = False,
                  deployments: tuple[str, ...] = ("my-realtime",), speed: float = 4.0,
-                 reply_audio: bytes = b"", reply_text: str = "", check_server: bool = True) -> None:
+                 reply_audio: bytes = b"", reply_text: str = "", check_server: bool = True,
+                 chunks: tuple[int, ...] = CHUNKS) -> None:
         self.api_key = api_key
         self.azure = azure
         self.deployments = deployments
         self.speed = speed  # how much faster than real time audio is streamed
+        self.chunks = chunks  # delta sizes in bytes of G.711 (cycled)
         self.reply_audio = reply_audio  # what a client's response.create gets (the greeting)
         self.reply_text = reply_text
         self.check_server = check_server

@@ -1,0 +1,193 @@
+"""Bridge-added latency per vendor against the fake servers: RTP in -> websocket out, websocket in -> RTP out, barge-in.
+
+Run from the repository root (the fakes live in tests/fakes): `python -m bridge.bench vendors`.
+One call through MediaCore (RTP on loopback, the vendor's agent, the fake on loopback), full duplex:
+  * uplink: each 20 ms caller frame is tagged; latency = arrival of its `append` at the fake - RTP send time;
+  * downlink: the fake starts short replies at random moments; latency = arrival at the PBX side of the RTP
+    packet carrying a reply's first frame - the time the fake handed that delta to its socket. It includes
+    the wait for the next tick of the shared 20 ms clock (0-20 ms, the pacing the wire demands); later
+    frames of a reply only queue behind the first (the vendor sends faster than real time);
+  * barge-in flush: the fake streams a reply faster than real time (so audio is queued in playout), signals
+    the interruption; flush = last agent frame on the wire - the signal leaving the fake (0 if none came after).
+Everything runs in one event loop on one machine, so the figures include that loop's scheduling of the fake.
+Other vendors add an entry to BENCHES: an async function returning Figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bridge import config
+from bridge.media import CallInfo, Codec, MediaLeg
+
+FRAME = 160
+UPLINK_FRAMES = 250  # 5 s of caller audio
+REPLIES = 60  # short replies, each starting at a random phase of the 20 ms clock
+BARGE_INS = 20
+KEY = "sk-bench-0123456789"
+
+
+@dataclass
+class Figures:
+    """Milliseconds per measured frame or event."""
+
+    uplink: list[float] = field(default_factory=list)
+    downlink: list[float] = field(default_factory=list)
+    flush: list[float] = field(default_factory=list)
+
+
+def tag(n: int, filler: int = 0x20) -> bytes:
+    """A G.711 frame that carries its index `n` in its first two bytes (never 0xFF, PCMU silence)."""
+    return bytes([filler]) * (FRAME - 2) + bytes([n // 200, n % 200])
+
+
+def untag(payload: bytes) -> int:
+    return payload[-2] * 200 + payload[-1]
+
+
+class _Pbx(asyncio.DatagramProtocol):
+    """The PBX side of the call's RTP: records what arrives."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, bytes]] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+        self.arrivals.append((asyncio.get_running_loop().time(), data[12:]))
+
+
+class _Control:
+    async def hangup(self, reason: str) -> None:
+        return None
+
+    async def transfer(self, destination: str) -> None:
+        return None
+
+
+async def _send_caller_audio(pbx: _Pbx, dest: tuple[str, int], sent: dict[int, float], frames: int) -> None:
+    from bridge.rtp.packet import RtpPacket
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert pbx.transport is not None
+    for n in range(frames):
+        await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))
+        sent[n] = loop.time()
+        pbx.transport.sendto(RtpPacket(0, n, n * FRAME, 0xBE7C, tag(n)).serialize(), dest)
+
+
+async def bench_openai(scale: float = 1.0) -> Figures:
+    """OpenAI Realtime (the Azure path is the same code) against tests/fakes/openai_realtime.py."""
+    from bridge.call import MediaCore
+    from tests.fakes.openai_realtime import FakeRealtime
+
+    fake = FakeRealtime(KEY, speed=1.0, chunks=(FRAME,), check_server=False)
+    url = await fake.start()
+    settings = dataclasses.replace(
+        config.load(environ={}, dotenv=None), ai_vendor="openai", openai_api_key=KEY, openai_ws_endpoint=url,
+        media_address="127.0.0.1", rtp_port_min=42000, rtp_port_max=42999)
+    core = MediaCore(settings)
+    loop = asyncio.get_running_loop()
+    _, pbx = await loop.create_datagram_endpoint(_Pbx, local_addr=("127.0.0.1", 0))
+    call = await core.create_call(CallInfo("bench-openai", "bench"),
+                                  MediaLeg(pbx.transport.get_extra_info("sockname")[:2], Codec.PCMU))
+    runner = asyncio.create_task(call.run(_Control()))
+    figures = Figures()
+    try:
+        sess = await fake.session()
+        sent: dict[int, float] = {}
+        caller = asyncio.create_task(_send_caller_audio(pbx, call.local_address, sent, int(UPLINK_FRAMES * scale)))
+        for n in range(int(REPLIES * scale)):  # full duplex: the caller keeps talking meanwhile
+            await asyncio.sleep(random.uniform(0.0, 0.04))
+            resp = sess.respond(tag(n, 0x30) * 2)
+            while not resp.done:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.06)
+        await caller
+        await asyncio.sleep(0.3)
+        figures.uplink = [(t - sent[untag(chunk)]) * 1000 for t, chunk in sess.appends if len(chunk) == FRAME]
+        figures.downlink = _downlink(sess.sent_log, pbx.arrivals, 0x30)
+        fake.speed, fake.chunks = 4.0, (480, 1200, 160, 2400)
+        for _ in range(int(BARGE_INS * scale)):
+            figures.flush.append(await _barge_in(sess, pbx))
+    finally:
+        call.end("bench over")
+        await runner
+        pbx.transport.close()
+        await fake.stop()
+    return figures
+
+
+def _downlink(sent_log: list[tuple[float, dict]], arrivals: list[tuple[float, bytes]], filler: int) -> list[float]:
+    import base64
+
+    left: dict[int, float] = {}  # reply -> when its first frame left the fake
+    for t, event in sent_log:
+        if event["type"] == "response.output_audio.delta":
+            data = base64.b64decode(event["delta"])
+            if len(data) == FRAME and data[0] == filler:
+                left.setdefault(untag(data), t)
+    first: dict[int, float] = {}  # reply -> when its first frame reached the PBX side
+    for t, p in arrivals:
+        if p[0] == filler:
+            first.setdefault(untag(p), t)
+    return [(first[n] - left[n]) * 1000 for n in first if n in left]
+
+
+async def _barge_in(sess, pbx: _Pbx) -> float:  # type: ignore[no-untyped-def]
+    """One reply interrupted after 300 ms on the wire; ms from the signal to the last agent frame."""
+    filler = 0x40
+    start = len(pbx.arrivals)
+    resp = sess.respond(bytes([filler]) * FRAME * 150)
+    while sum(1 for _, p in pbx.arrivals[start:] if p[0] == filler) < 15:
+        await asyncio.sleep(0.005)
+    await sess.speech_started()
+    signal = next(t for t, e in reversed(sess.sent_log) if e["type"] == "input_audio_buffer.speech_started")
+    while not resp.done:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.1)
+    last = max(t for t, p in pbx.arrivals[start:] if p[0] == filler)
+    return max(0.0, (last - signal) * 1000)
+
+
+BENCHES: dict[str, Callable[[float], Awaitable[Figures]]] = {"openai": bench_openai}  # (scale) -> figures
+
+
+def _pct(values: list[float], q: float) -> str:
+    return f"{np.percentile(values, q):6.1f}" if values else "     -"
+
+
+def run(scale: float = 1.0) -> None:
+    """Print, per vendor, p50/p99 of the bridge-added latency both ways and of the barge-in flush.
+
+    `scale` shrinks the sample counts (the smoke test uses 0.1).
+    """
+    print("command: python -m bridge.bench vendors  (from the repository root; fakes on 127.0.0.1)")
+    print(f"{'vendor':10} {'RTP->ws p50':>11} {'p99':>6} {'ws->RTP p50':>11} {'p99':>6} "
+          f"{'flush p50':>9} {'p99':>6}  (ms; n up/down/barge-ins)")
+    logging.getLogger("bridge").setLevel(logging.WARNING)
+    for name, bench in BENCHES.items():
+        try:
+            f = asyncio.run(bench(scale))
+        except ModuleNotFoundError as exc:  # run outside the repository: no tests/fakes
+            print(f"{name:10} not available: {exc}")
+            continue
+        print(f"{name:10} {_pct(f.uplink, 50):>11} {_pct(f.uplink, 99)} {_pct(f.downlink, 50):>11} "
+              f"{_pct(f.downlink, 99)} {_pct(f.flush, 50):>9} {_pct(f.flush, 99)}  "
+              f"(n {len(f.uplink)}/{len(f.downlink)}/{len(f.flush)})")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        run()
