@@ -57,6 +57,14 @@ def events_url(rest_base: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path + "/events", "", ""))
 
 
+def _model(parse: Callable[[Any], Any], data: Any, what: str) -> Any:
+    """Parse a reply body; a body that does not fit its model is an AriError like any failed call."""
+    try:
+        return parse(data)
+    except ParseError as exc:
+        raise AriError(f"malformed {what} from Asterisk: {exc}") from None
+
+
 def _params(values: Mapping[str, Any]) -> dict[str, str]:
     """Query parameters: None dropped, booleans as Asterisk spells them."""
     out: dict[str, str] = {}
@@ -121,14 +129,15 @@ class AriClient:
     async def get_channel(self, channel_id: str) -> Channel | None:
         """The channel, or None when Asterisk does not know it (404)."""
         try:
-            return Channel.parse(await self.request("GET", f"/channels/{channel_id}"))
+            return _model(Channel.parse, await self.request("GET", f"/channels/{channel_id}"), "Channel")
         except AriError as exc:
             if exc.status == 404:
                 return None
             raise
 
     async def list_channels(self) -> list[Channel]:
-        return [Channel.parse(c) for c in await self.request("GET", "/channels")]
+        reply = await self.request("GET", "/channels")
+        return [_model(Channel.parse, c, "Channel") for c in (reply if isinstance(reply, list) else [None])]
 
     async def get_variable(self, channel_id: str, name: str) -> str | None:
         """A channel variable's value, or None when it is not set (404)."""
@@ -163,11 +172,11 @@ class AriClient:
             format=fmt,
             channelId=channel_id,
         )
-        return Channel.parse(reply)
+        return _model(Channel.parse, reply, "Channel")
 
     async def create_bridge(self, bridge_id: str, name: str) -> Bridge:
         reply = await self.request("POST", "/bridges", type="mixing", bridgeId=bridge_id, name=name)
-        return Bridge.parse(reply)
+        return _model(Bridge.parse, reply, "Bridge")
 
     async def add_channels(self, bridge_id: str, channel_ids: list[str]) -> None:
         await self.request("POST", f"/bridges/{bridge_id}/addChannel", channel=",".join(channel_ids))
@@ -176,7 +185,8 @@ class AriClient:
         await self.request("DELETE", f"/bridges/{bridge_id}")
 
     async def list_bridges(self) -> list[Bridge]:
-        return [Bridge.parse(b) for b in await self.request("GET", "/bridges")]
+        reply = await self.request("GET", "/bridges")
+        return [_model(Bridge.parse, b, "Bridge") for b in (reply if isinstance(reply, list) else [None])]
 
     # ---- the events websocket (events.json `eventWebsocket`) -------------------------------------------------
 

@@ -73,3 +73,10 @@ class TestListen:
                 await task
         assert any(r.levelname == "ERROR" and "HTTP 401" in r.getMessage() for r in caplog.records)
         assert "wrong" not in caplog.text  # the password is never logged
+
+    async def test_a_reply_that_does_not_fit_its_model_is_an_ari_error(self, fake, monkeypatch):
+        monkeypatch.setitem(fake.handlers, "list", lambda op, path, q: [{"id": "x"}])
+        monkeypatch.setattr(fake.swagger, "check_model", lambda *a: None)  # let the fake misbehave
+        async with AriClient(fake.url, "adapter", "secret", "sip-to-ai") as ari:
+            with pytest.raises(AriError, match="malformed Channel"):
+                await ari.list_channels()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import struct
 
 import aiohttp
 import pytest
@@ -62,3 +64,35 @@ async def test_a_second_websocket_replaces_the_first(fake):
     url = fake.url + "/ari/events?app=a"
     async with aiohttp.ClientSession(headers=AUTH) as http, http.ws_connect(url) as first, http.ws_connect(url):
         assert (await first.receive_json(timeout=2))["type"] == "ApplicationReplaced"
+
+
+async def test_external_media_rtp_strict_learning_and_static_payload_types_only(fake):
+    """pbx.md §1.6: external_host is accepted at once; another source after 4 in-sequence packets; PT > 34 dropped."""
+    loop = asyncio.get_running_loop()
+    named, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    other, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    try:
+        host = f"127.0.0.1:{named.get_extra_info('sockname')[1]}"
+        status, channel = await call(fake, "POST", "/channels/externalMedia", headers=AUTH,
+                                     params={"app": "a", "format": "ulaw", "external_host": host})
+        assert status == 200
+        rtp = fake.channels[channel["id"]].rtp
+        port = int(channel["channelvars"]["UNICASTRTP_LOCAL_PORT"])
+
+        def packet(pt: int, seq: int) -> bytes:
+            return struct.pack("!BBHII", 0x80, pt, seq, seq * 160, 7) + b"\xff" * 160
+
+        named.sendto(packet(0, 1), ("127.0.0.1", port))
+        named.sendto(packet(101, 2), ("127.0.0.1", port))  # telephone-event: dynamic, no SDP: dropped
+        for seq in range(10, 16):
+            other.sendto(packet(0, seq), ("127.0.0.1", port))
+        for _ in range(100):
+            if len(rtp.received) + rtp.dropped >= 8:
+                break
+            await asyncio.sleep(0.01)
+        assert len(rtp.received) == 1 + 3  # the named source's PCMU, then the other's from its 4th packet on
+        assert rtp.dropped == 1 + 3
+        assert rtp.learned == other.get_extra_info("sockname")[:2]
+    finally:
+        named.close()
+        other.close()
