@@ -275,3 +275,19 @@ async def test_comfort_noise_frames_do_not_end_the_call():
         assert fs.uuid in core.calls and not fs.hangup_cause
         await fs.hangup()
         await until(lambda: not core.calls)
+
+
+async def test_shutdown_hangs_up_live_calls():
+    settings = esl_settings()
+    core = MediaCore(settings)
+    server = EslOutboundServer(core, settings)
+    ready = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(server.serve(ready))
+        await ready.wait()
+        async with FakeSocketApp(server.address) as fs:
+            await until(lambda: fs.media is not None and fs.uuid in core.calls)
+            task.cancel()  # what bridge.app does after the drain deadline
+            await until(lambda: fs.hung_up.is_set() and fs.adapter_closed.is_set())
+            assert fs.sendmsgs[-1] == {"call-command": "hangup", "hangup-cause": "NORMAL_CLEARING"}
+    assert not core.calls and not core.ports.in_use
