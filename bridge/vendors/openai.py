@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -29,6 +30,7 @@ from bridge.vendors.ws import Action, Endpoint, Message, Ready, Send, VendorErro
 TRANSCRIBE_MODEL = "gpt-4o-mini-transcribe"  # caller transcripts for the call log (OpenAI only, see below)
 AZURE_PATH = "/openai/v1/realtime"
 FORMATS = {"pcmu": "audio/pcmu", "pcma": "audio/pcma"}
+HISTORY = 20  # utterances replayed into a new session after a reconnect: the recent context, bounded
 
 
 def _with_query(url: str, **params: str) -> str:
@@ -78,6 +80,7 @@ class OpenAIAgent(WsAgent):
             "response.done": self._on_response_done,
             "error": self._on_error,
         }
+        self._history: deque[tuple[str, str]] = deque(maxlen=HISTORY)  # (role, text), kept across reconnects
         self._reset()
 
     def _reset(self) -> None:
@@ -105,6 +108,8 @@ class OpenAIAgent(WsAgent):
 
     def on_open(self, resumed: bool) -> Iterable[Message]:
         messages = [json.dumps({"type": "session.update", "session": self.session_config()})]
+        if resumed:  # a new socket is a new, empty conversation: give it the recent one back as text
+            messages += [json.dumps(_history_item(role, text)) for role, text in self._history]
         greeting = self.ctx.prompt.greeting
         if greeting and not resumed:
             self._requested = True
@@ -176,12 +181,18 @@ class OpenAIAgent(WsAgent):
         return [AgentAudio(data, event["item_id"])]
 
     def _on_agent_transcript(self, event: dict) -> list[Action]:
-        text = event.get("transcript") or ""
-        return [Transcript("agent", text)] if text.strip() else []
+        text = (event.get("transcript") or "").strip()
+        if not text:
+            return []
+        self._history.append(("agent", text))
+        return [Transcript("agent", text)]
 
     def _on_caller_transcript(self, event: dict) -> list[Action]:
-        text = event.get("transcript") or ""
-        return [Transcript("caller", text.strip())] if text.strip() else []
+        text = (event.get("transcript") or "").strip()
+        if not text:
+            return []
+        self._history.append(("caller", text))
+        return [Transcript("caller", text)]
 
     def _on_speech_started(self, event: dict) -> list[Action]:
         """Barge-in (§1.4): flush playout; truncate the assistant item to what was heard, if cut short."""
@@ -225,3 +236,11 @@ class OpenAIAgent(WsAgent):
             self._requested, self._want_response = False, True  # ours lost a race with server VAD: retry later
         return [VendorError(f"{code}: {err.get('message', '')}")]
 
+
+def _history_item(role: str, text: str) -> dict[str, Any]:
+    """An earlier utterance as a conversation item (user input_text or assistant output_text)."""
+    if role == "caller":
+        return {"type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}}
+    return {"type": "conversation.item.create",
+            "item": {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}}

@@ -336,6 +336,12 @@ class TestFaults:
         assert second.config == first.config  # same session settings
         assert types_sent(second)[0] == "session.update"
         assert "response.create" not in types_sent(second)  # no second greeting
+        async with asyncio.timeout(2):
+            while len(second.received) < 2:
+                await asyncio.sleep(0.005)
+        replay = second.received[1]  # the conversation so far, as text
+        assert replay["type"] == "conversation.item.create" and replay["item"]["role"] == "assistant"
+        assert replay["item"]["content"] == [{"type": "output_text", "text": "Hello, how can I help?"}]
         second.respond(b"\x66" * 800)
         await h.wait_for(AgentTurnEnd, 3)
         assert h.audio() == GREETING + b"\x44" * 1600 + b"\x66" * 800
