@@ -87,7 +87,6 @@ class OutboundSession:
         self.gone = ""  # why the channel is over for us: its hangup, the disconnect-notice, the socket's end
         self.finished = asyncio.Event()  # FreeSWITCH is done with the socket (disconnect-notice or EOF)
         self._completions: dict[str, asyncio.Future[EslEvent]] = {}
-        self.sent_commands: list[str] = []  # first line of each command, for logs and the report
 
     async def run(self) -> None:
         """Handle the connection until FreeSWITCH or the call ends it; never raises BridgeError/OSError."""
@@ -108,9 +107,8 @@ class OutboundSession:
         self.finished.set()
         self._channel_gone(f"freeswitch gone: {self.conn.close_reason}")
 
-    async def _send(self, data: bytes, timeout: float = 10.0) -> EslMessage:
-        self.sent_commands.append(data.split(b"\n", 1)[0].decode())
-        return await self.conn.command(data, timeout)
+    async def _send(self, data: bytes) -> EslMessage:
+        return await self.conn.command(data)
 
     async def _serve(self) -> None:
         reply = await self._send(esl.connect())
@@ -203,7 +201,6 @@ class OutboundSession:
     def _teardown(self) -> None:
         """Hang up what is still up (shutdown, agent failure), then close the socket."""
         if not self.gone and self.uuid and not self.control.ending and not self.conn.closed.is_set():
-            self.sent_commands.append("sendmsg")
             self.conn.send_nowait(esl.hangup("NORMAL_CLEARING"))
         self.conn.close()
 
