@@ -59,21 +59,32 @@ class AriCall:
             self.call.end(self.gone_reason)
 
     async def hangup(self, reason: str) -> None:
-        """CallControl: DELETE the caller's channel (already gone is fine)."""
-        await _tolerate_gone(self.ari.hangup(self.channel.id, "normal"))
+        """CallControl: DELETE the caller's channel (already gone is fine). Never raises: the call ends anyway."""
+        try:
+            await _tolerate_gone(self.ari.hangup(self.channel.id, "normal"))
+        except AriError as exc:
+            log.warning("! ari call %s: hang-up failed: %s", self.channel.id, exc)
 
     async def transfer(self, destination: str) -> None:
-        """CallControl: `continue` in the dialplan (context/extension) or `redirect` to an endpoint, per config."""
+        """CallControl: `continue` in the dialplan (context/extension) or `redirect` to an endpoint, per config.
+
+        A transfer Asterisk refuses (e.g. 422: redirect to another technology) hangs the caller up rather
+        than leave it in Stasis with nothing on the other end.
+        """
         s = self.settings
         target = destination or s.transfer_extension
-        if s.ari_transfer_mode == "redirect":
-            if not target:
-                raise AriError("transfer: redirect needs a TECH/resource destination or TRANSFER_EXTENSION")
-            await self.ari.redirect(self.channel.id, target)
-        elif target:
-            await self.ari.continue_in_dialplan(self.channel.id, s.transfer_context, target, 1)
-        else:
-            await self.ari.continue_in_dialplan(self.channel.id)
+        try:
+            if s.ari_transfer_mode == "redirect":
+                if not target:
+                    raise AriError("redirect needs a TECH/resource destination or TRANSFER_EXTENSION")
+                await self.ari.redirect(self.channel.id, target)
+            elif target:
+                await self.ari.continue_in_dialplan(self.channel.id, s.transfer_context, target, 1)
+            else:
+                await self.ari.continue_in_dialplan(self.channel.id)
+        except AriError as exc:
+            log.warning("! ari call %s: transfer to %r failed: %s; hanging up", self.channel.id, target, exc)
+            await self.hangup("transfer failed")
 
 
 async def _tolerate_gone(request: Awaitable[Any]) -> None:
@@ -175,6 +186,9 @@ class StasisApp:
             log.warning("! ari call %s: %s", session.channel.id, exc)
             if session.call is not None:
                 session.call.reason = session.call.reason or str(exc)
+            if not session.gone_reason:  # setup failed under a caller still there: let the dialplan route it
+                with contextlib.suppress(AriError):
+                    await self._refuse(session.channel, f"setup failed: {exc}")
         except asyncio.CancelledError:
             cancelled = True  # shutdown: hang the caller up below, then re-raise
             raise
@@ -192,7 +206,7 @@ class StasisApp:
         info = CallInfo(ch.id, "ari", ch.caller_number, ch.exten, await self._metadata(ch, args))
         try:
             session.call = await self.core.create_call(info, MediaLeg(remote=None, codec=self.codec))
-        except (AgentError, NoPortAvailable, TimeoutError) as exc:
+        except (AgentError, NoPortAvailable, TimeoutError, OSError) as exc:
             await self._refuse(ch, f"{type(exc).__name__}: {exc}")
             return
         if session.gone_reason:

@@ -11,7 +11,7 @@ from bridge.call import MediaCore
 from bridge.errors import ConfigError
 from bridge.pbx.ari.app import REFUSED_VARIABLE, serve_ari
 from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest, TransferRequest
-from tests.fakes.ari import FakeAsterisk, tone
+from tests.fakes.ari import AriReply, FakeAsterisk, tone
 from tests.pbx.ari.conftest import Adapter, ScriptedAgent, pcm_stats, wait_until
 
 TONE_HZ = 440
@@ -278,3 +278,24 @@ class TestSetupRaces:
             assert adapter.core.calls[caller].info.metadata["args"] == "late"
             fake.caller_hangup(caller)
             await settle_empty(fake, adapter)
+
+    async def test_setup_failure_sends_the_caller_back_to_the_dialplan(self, fake, ari_settings, monkeypatch):
+        def broken(op, path, q):
+            raise AriReply(500, "Internal Server Error")
+
+        monkeypatch.setitem(fake.handlers, "create", broken)  # POST /bridges fails
+        async with Adapter(ari_settings) as adapter:
+            caller = fake.call_in()
+            await wait_until(lambda: fake.continued, what="continued")
+            assert "setup failed" in fake.channels[caller].variables[REFUSED_VARIABLE]
+            fake.caller_hangup(caller)
+            await settle_empty(fake, adapter)
+
+    async def test_refused_transfer_hangs_the_caller_up(self, fake, ari_settings):
+        settings = dataclasses.replace(ari_settings, ari_transfer_mode="redirect")
+        factory = agents([TransferRequest("IAX2/elsewhere")])  # another technology: 422
+        async with Adapter(settings, factory) as adapter:
+            caller = fake.call_in()
+            await settle_empty(fake, adapter)
+        assert ("POST", f"/channels/{caller}/redirect", 422) in [(m, p, st) for m, p, st, _ in fake.rejected]
+        assert ("DELETE", f"/channels/{caller}") in [(m, p) for m, p, _ in fake.requests]
