@@ -105,7 +105,7 @@ class EslConnection:
                 await self.writer.drain()
                 return await future
         except TimeoutError:
-            raise EslError(f"no reply within {timeout:.0f} s") from None
+            raise EslError(f"no reply within {timeout:g} s") from None
         except OSError as exc:
             raise EslConnectionClosed(str(exc)) from None
 
