@@ -294,6 +294,9 @@ class WsSession:
             await asyncio.wait([owner])
             if not owner.cancelled() and owner.exception() is not None:
                 self.log.error("! %s session failed: %r", self.agent.vendor, owner.exception())
+            if self._ws is not None:  # a connection the owner opened while we were closing the previous one
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._ws.close(code), CLOSE_TIMEOUT + 0.5)
         self._finish(AgentClosed("closed by the bridge"))
 
     # -- connection ------------------------------------------------------------------------------------------

@@ -388,3 +388,21 @@ class TestRunnerSession:
             await agent.aclose()
         left = [t for t in asyncio.all_tasks() if "WsSession" in t.get_coro().__qualname__]
         assert left == []
+
+
+async def test_aclose_during_reconnect_is_prompt_and_leaves_nothing_open():
+    peer = Peer()
+    async with peer as url:
+        agent = toy(url, reconnect_delay_sec=5.0, max_reconnect_attempts=3)
+        await agent.connect()
+        peer.http_status = 503  # first retry fails; the next one waits 5 s
+        peer.live[0].transport.abort()
+        await wait_until(lambda: peer.refused == 1)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await agent.aclose()
+        assert loop.time() - start < 1.0
+        assert await collect(agent) == [AgentClosed("closed by the bridge")]
+        assert peer.connections == 1
+    left = [t for t in asyncio.all_tasks() if "WsSession" in t.get_coro().__qualname__]
+    assert left == []
