@@ -17,6 +17,7 @@ import math
 import random
 import struct
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +38,18 @@ DECODE = {0: audioop.ulaw2lin, 8: audioop.alaw2lin}
 BRIDGE_TYPES = {"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single", "sdp_label"}
 PROBATION = 4  # res_rtp_asterisk DEFAULT_LEARNING_MIN_SEQUENTIAL
 LEARN_SECONDS = 5.0  # STRICT_RTP_LEARN_TIMEOUT
+REQUIRED_TRANSPORT = {"rtp": "udp", "audiosocket": "tcp", "none": "websocket"}  # ast_ari_channels_external_media
+# Where Asterisk's code accepts more than its description says (pbx.md §1.4): direction in/out.
+CODE_ALLOWS = {("externalMedia", "direction"): ("both", "in", "out")}
 MEDIA_STASIS_DELAY = 0.02  # seconds between the externalMedia reply and the channel's StasisStart
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 class AriReply(Exception):
@@ -184,7 +196,7 @@ class FakeAsterisk:
     """Serve with `await fake.start()`; `fake.url` is the ARI_URL. Drive callers with call_in/caller_hangup/press."""
 
     def __init__(self, users: dict[str, str] | None = None) -> None:
-        self.swagger = Swagger()
+        self.swagger = Swagger(code_allows=CODE_ALLOWS)
         self.users = users or {"adapter": "secret"}
         self.channels: dict[str, FakeChannel] = {}
         self.bridges: dict[str, FakeBridge] = {}
@@ -483,8 +495,12 @@ class FakeAsterisk:
         if not q.get("format"):
             raise AriReply(400, "format cannot be empty")
         encapsulation, transport = q.get("encapsulation", "rtp"), q.get("transport", "udp")
-        if encapsulation == "rtp" and transport != "udp":
-            raise AriReply(400, "rtp encapsulation requires udp transport")
+        if REQUIRED_TRANSPORT[encapsulation] != transport:
+            raise AriReply(400, f"{encapsulation} encapsulation requires {REQUIRED_TRANSPORT[encapsulation]}")
+        if q.get("connection_type", "client") == "server" and transport != "websocket":
+            raise AriReply(400, "connection_type server is only for websocket")
+        if encapsulation == "audiosocket" and not _is_uuid(q.get("data", "")):
+            raise AriReply(400, "AudioSocket data must be a UUID")
         if encapsulation != "rtp":
             raise AriReply(501, "fake Asterisk models RTP ExternalMedia only")
         host, sep, port = q.get("external_host", "").rpartition(":")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -47,8 +48,12 @@ class Operation:
 class Swagger:
     """Every operation and model of the ARI description. Raises FileNotFoundError when the files are absent."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, code_allows: dict[tuple[str, str], tuple[str, ...]] | None = None
+    ) -> None:
+        """`code_allows` widens a parameter's allowed values where Asterisk's code accepts more than its docs."""
         directory = directory or docs_dir()
+        code_allows = code_allows or {}
         self.operations: list[Operation] = []
         self.models: dict[str, dict[str, Any]] = {}
         for path in sorted(directory.glob("*.json")):
@@ -63,6 +68,10 @@ class Swagger:
                                          bool(p.get("allowMultiple")), p.get("allowableValues"))
                         for p in op.get("parameters", [])
                     }
+                    for (nickname, name), values in code_allows.items():
+                        if nickname == op["nickname"] and name in params:
+                            allowed = {"valueType": "LIST", "values": list(values)}
+                            params[name] = dataclasses.replace(params[name], allowed=allowed)
                     self.operations.append(
                         Operation(op["httpMethod"], api["path"], op["nickname"], op.get("responseClass", ""), params)
                     )

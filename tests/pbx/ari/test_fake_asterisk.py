@@ -29,6 +29,12 @@ async def call(fake: FakeAsterisk, method: str, path: str, **kw) -> tuple[int, o
     ("POST", "/channels/externalMedia", {"app": "a", "format": "ulaw", "external_host": "127.0.0.1"}, 400),  # no port
     ("POST", "/channels/externalMedia",
      {"app": "a", "format": "ulaw", "external_host": "h:1", "transport": "tcp"}, 400),  # rtp needs udp
+    ("POST", "/channels/externalMedia",
+     {"app": "a", "format": "slin", "external_host": "h:1", "encapsulation": "audiosocket", "transport": "tcp",
+      "data": "not-a-uuid"}, 400),  # AudioSocket data must be a UUID (code rule)
+    ("POST", "/channels/externalMedia",
+     {"app": "a", "format": "ulaw", "external_host": "h:1", "connection_type": "server"}, 400),  # websocket only
+    ("POST", "/channels/externalMedia", {"app": "a", "format": "ulaw", "direction": "sideways"}, 400),
     ("DELETE", "/channels/x", {"reason": "bye"}, 400),  # reason outside its list
     ("POST", "/channels/x/continue", {"priority": "two"}, 400),  # int expected
     ("POST", "/bridges", {"type": "conference"}, 400),  # bridge type the code refuses
@@ -96,3 +102,9 @@ async def test_external_media_rtp_strict_learning_and_static_payload_types_only(
     finally:
         named.close()
         other.close()
+
+
+async def test_direction_in_is_accepted_as_the_code_does(fake):
+    status, _ = await call(fake, "POST", "/channels/externalMedia", headers=AUTH,
+                           params={"app": "a", "format": "ulaw", "external_host": "127.0.0.1:4000", "direction": "in"})
+    assert status == 200
