@@ -115,7 +115,8 @@ class FakeSocketApp:
 
     def __init__(self, adapter: tuple[str, int], *, caller: str = "1001", destination: str = "7000",
                  answered: bool = False, full: bool = True, codec: str = "PCMU",
-                 variables: dict[str, str] | None = None, frames: list[bytes] | None = None) -> None:
+                 variables: dict[str, str] | None = None, frames: list[bytes] | None = None,
+                 unicast_port_taken: bool = False) -> None:
         self.adapter = adapter
         self.uuid = str(uuidlib.uuid4())
         self.caller = caller
@@ -126,6 +127,7 @@ class FakeSocketApp:
         self.variables = {"direction": "inbound", "uuid": self.uuid, "sip_from_user": caller,
                           "sip_h_X-Empty": "", **(variables or {})}
         self.script = frames or []
+        self.unicast_port_taken = unicast_port_taken  # the local-port is in use: FreeSWITCH logs it, sends nothing
         self.commands: list[str] = []  # every command line received, in order
         self.sendmsgs: list[dict[str, str]] = []
         self.api_calls: list[str] = []
@@ -320,6 +322,8 @@ class FakeSocketApp:
     async def _unicast(self, h: dict[str, str]) -> None:
         local = (h.get("local-ip", "127.0.0.1"), int(h.get("local-port", "8025")))
         remote = (h.get("remote-ip", "127.0.0.1"), int(h.get("remote-port", "8026")))
+        if self.unicast_port_taken:
+            return  # switch_ivr_activate_unicast fails to bind; the async socket already said +OK
         loop = asyncio.get_running_loop()
         _, self.media = await loop.create_datagram_endpoint(lambda: UnicastMedia(remote, self.script),
                                                             local_addr=local)

@@ -26,6 +26,9 @@ from bridge.pbx.esl.protocol import EslError, EslEvent, EslMessage, Headers
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT = 10.0  # seconds for `answer` to complete (a SIP 200/ACK round trip on a slow link)
+# FreeSWITCH sends a frame every 20 ms from the moment `unicast` starts, but answers +OK even when it cannot
+# bind its side (async socket): silence this long means the fork failed, and the log should say so.
+NO_MEDIA_WARNING = 3.0
 REFUSED_VARIABLE = "SIP_TO_AI_REFUSED"  # set on a call given back to the dialplan: why (as the ARI ingress does)
 _CODECS = {"PCMU": Codec.PCMU, "PCMA": Codec.PCMA}
 def call_info(channel: Headers, settings: Settings) -> CallInfo:
@@ -87,6 +90,7 @@ class OutboundSession:
         self.gone = ""  # why the channel is over for us: its hangup, the disconnect-notice, the socket's end
         self.finished = asyncio.Event()  # FreeSWITCH is done with the socket (disconnect-notice or EOF)
         self._completions: dict[str, asyncio.Future[EslEvent]] = {}
+        self._fork: tuple[Address, Address] = (("", 0), ("", 0))  # FreeSWITCH's unicast side, ours
 
     async def run(self) -> None:
         """Handle the connection until FreeSWITCH or the call ends it; never raises BridgeError/OSError."""
@@ -142,7 +146,11 @@ class OutboundSession:
             raise
         if self.gone:
             self.call.end(self.gone)
-        reason = await self.call.run(self.control)
+        watchdog = asyncio.get_running_loop().call_later(NO_MEDIA_WARNING, self._check_media)
+        try:
+            reason = await self.call.run(self.control)
+        finally:
+            watchdog.cancel()
         if self.control.ending == "transfer":  # the socket stays until FreeSWITCH drops it: closing it would
             await self.finished.wait()  # hang up the transferred channel (mod_event_socket, no `resume`)
         self.log.info("= esl call over: %s", reason)
@@ -197,6 +205,15 @@ class OutboundSession:
             raise EslError(f"unicast: {reply.reply_text}")
         self.log.info("= unicast: freeswitch %s:%d <-> adapter %s:%d (%s, native)", *theirs, host, ours[1],
                       codec.name)
+        self._fork = (theirs, (host, ours[1]))
+
+    def _check_media(self) -> None:
+        if self.call is None or self.gone or self.call.endpoint.stats.received:
+            return
+        (fs_host, fs_port), (host, port) = self._fork
+        self.log.warning("! no unicast audio from freeswitch after %.0f s: is UDP %s:%d free on the FreeSWITCH "
+                         "host, and %s:%d (MEDIA_ADDRESS) reachable from it?", NO_MEDIA_WARNING, fs_host, fs_port,
+                         host, port)
 
     def _teardown(self) -> None:
         """Hang up what is still up (shutdown, agent failure), then close the socket."""

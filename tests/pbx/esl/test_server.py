@@ -291,3 +291,12 @@ async def test_shutdown_hangs_up_live_calls():
             await until(lambda: fs.hung_up.is_set() and fs.adapter_closed.is_set())
             assert fs.sendmsgs[-1] == {"call-command": "hangup", "hangup-cause": "NORMAL_CLEARING"}
     assert not core.calls and not core.ports.in_use
+
+
+async def test_a_failed_fork_is_logged(monkeypatch, caplog):
+    monkeypatch.setattr("bridge.pbx.esl.server.NO_MEDIA_WARNING", 0.2)
+    async with esl_call(esl_settings(), unicast_port_taken=True) as (core, fs):
+        await until(lambda: "no unicast audio from freeswitch" in caplog.text)
+        assert fs.uuid in core.calls  # the call is not dropped for it: the operator decides
+        await fs.hangup()
+        await until(lambda: not core.calls)
