@@ -9,11 +9,42 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 
 from bridge.call import MediaCore
+from bridge.errors import AgentRefused
 from bridge.sip import message
 from bridge.sip.message import Request, Response
 from bridge.sip.transport import SipServer
-from bridge.vendors.base import Agent, AgentContext
+from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent, AudioFormat
 from tests.conftest import make_settings
+
+
+class ScriptedAgent(Agent):
+    """An agent that emits a fixed list of (delay, event) and then stays quiet until closed."""
+
+    def __init__(self, ctx: AgentContext, script: list[tuple[float, AgentEvent]], refuse: bool = False,
+                 connect_delay: float = 0.0) -> None:
+        super().__init__(ctx)
+        self.connect_delay = connect_delay
+        self.input_format = self.output_format = AudioFormat.of(ctx.codec)
+        self.script, self.refuse = script, refuse
+        self.closed = asyncio.Event()
+
+    async def connect(self) -> None:
+        await asyncio.sleep(self.connect_delay)
+        if self.refuse:
+            raise AgentRefused("invalid API key (test)")
+
+    async def send_audio(self, data: bytes) -> None:
+        return None
+
+    async def events(self) -> AsyncIterator[AgentEvent]:
+        for delay, event in self.script:
+            await asyncio.sleep(delay)
+            yield event
+        await self.closed.wait()
+        yield AgentClosed("closed")
+
+    async def aclose(self) -> None:
+        self.closed.set()
 
 
 @contextlib.asynccontextmanager

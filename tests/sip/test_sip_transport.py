@@ -5,49 +5,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import secrets
-from collections.abc import AsyncIterator
 
 from bridge.caller import place_calls
-from bridge.errors import AgentRefused
 from bridge.sip import message, sdp
 from bridge.sip.message import Request, Response
 from bridge.vendors.base import (
-    Agent,
-    AgentClosed,
-    AgentContext,
-    AgentEvent,
-    AudioFormat,
     HangupRequest,
     TransferRequest,
 )
-from tests.sip.sip_live import RawClient, live_server, status_of
-
-
-class ScriptedAgent(Agent):
-    """An agent that emits a fixed list of (delay, event) and then stays quiet until closed."""
-
-    def __init__(self, ctx: AgentContext, script: list[tuple[float, AgentEvent]], refuse: bool = False) -> None:
-        super().__init__(ctx)
-        self.input_format = self.output_format = AudioFormat.of(ctx.codec)
-        self.script, self.refuse = script, refuse
-        self.closed = asyncio.Event()
-
-    async def connect(self) -> None:
-        if self.refuse:
-            raise AgentRefused("invalid API key (test)")
-
-    async def send_audio(self, data: bytes) -> None:
-        return None
-
-    async def events(self) -> AsyncIterator[AgentEvent]:
-        for delay, event in self.script:
-            await asyncio.sleep(delay)
-            yield event
-        await self.closed.wait()
-        yield AgentClosed("closed")
-
-    async def aclose(self) -> None:
-        self.closed.set()
+from tests.sip.sip_live import RawClient, ScriptedAgent, live_server, status_of
 
 
 def invite(client: RawClient, dest: tuple[str, int], call_id: str, body: bytes | None = None) -> bytes:

@@ -1,0 +1,104 @@
+"""sipp (Debian sip-tester), a real SIP peer, runs the scenarios in this folder against a live responder.
+
+Skipped, with the reason, when `sipp` is not installed (`make test` installs it as root).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import socket
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from bridge.vendors.base import HangupRequest
+from tests.sip.sip_live import ScriptedAgent, live_server
+
+HERE = Path(__file__).parent
+SIPP = shutil.which("sipp")
+pytestmark = pytest.mark.skipif(SIPP is None, reason="sipp not installed (apt-get install sip-tester)")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def run_sipp(scenario: str, port: int, workdir: Path, timeout: float = 15.0) -> tuple[int, str]:
+    """Run one call of `scenario` against 127.0.0.1:port; returns (exit code, message trace)."""
+    trace = workdir / f"{scenario}.msg"
+    errors = workdir / f"{scenario}.err"
+    args = [SIPP, f"127.0.0.1:{port}", "-sf", str(HERE / f"{scenario}.xml"), "-m", "1", "-l", "1", "-s", "ai",
+            "-i", "127.0.0.1", "-p", str(_free_port()), "-mp", str(_free_port() & ~1), "-nostdin",
+            "-timeout", f"{int(timeout)}s", "-timeout_error", "-trace_msg", "-message_file", str(trace),
+            "-trace_err", "-error_file", str(errors)]
+    proc = await asyncio.create_subprocess_exec(*args, cwd=workdir, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(timeout + 5):
+            _, stderr = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    text = trace.read_text(errors="replace") if trace.exists() else ""
+    if proc.returncode != 0:
+        err = errors.read_text(errors="replace") if errors.exists() else ""
+        print(stderr.decode(errors="replace"), err, text[-3000:])
+    return proc.returncode or 0, text
+
+
+async def test_call_with_rtp_and_caller_bye(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="bridge.call")
+    async with live_server() as server:
+        code, _ = await run_sipp("call_rtp_bye", server.address[1], tmp_path)
+        await asyncio.sleep(0.2)
+    assert code == 0
+    ended = [r.getMessage() for r in caplog.records if "call ended" in r.getMessage()]
+    assert ended and "caller hung up" in ended[0]
+    assert int(re.search(r"rtp in (\d+)", ended[0]).group(1)) > 50  # sipp's pcap reached the call
+
+
+async def test_ack_withheld_2xx_retransmitted_at_t1_doubling(tmp_path):
+    async with live_server() as server:
+        code, trace = await run_sipp("ack_withheld", server.address[1], tmp_path)
+    assert code == 0
+    stamps = re.findall(r"-{10,} (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d\.\d+)\s*\n\s*UDP message received \[\d+\] bytes :"
+                        r"\s*\n\s*SIP/2\.0 200 OK[^\n]*\n(?:(?!-{10,}).*\n)*?CSeq: 1 INVITE", trace)
+    times = [datetime.strptime(s.split()[0] + " " + s.split()[1], "%Y-%m-%d %H:%M:%S.%f") for s in stamps]
+    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    print("2xx retransmission gaps (s):", gaps)
+    assert len(gaps) >= 4
+    for gap, expected in zip(gaps, [0.5, 1.0, 2.0, 4.0], strict=False):
+        assert abs(gap - expected) < 0.25, gaps
+
+
+async def test_cancel_before_answer_with_ringing(tmp_path):
+    slow = lambda ctx: ScriptedAgent(ctx, [], connect_delay=3.0)  # noqa: E731 - the agent is still connecting
+    async with live_server(slow, sip_ringing=True) as server:
+        code, _ = await run_sipp("cancel", server.address[1], tmp_path)
+        await asyncio.sleep(0.3)
+        assert not server.core.calls and not server.core.ports.in_use
+    assert code == 0
+
+
+@pytest.mark.parametrize("scenario", ["options", "g729_only", "bye_no_dialog", "unknown_method", "hold_unhold"])
+async def test_scenario(scenario, tmp_path):
+    async with live_server() as server:
+        code, _ = await run_sipp(scenario, server.address[1], tmp_path)
+    assert code == 0
+
+
+async def test_adapter_bye_after_the_agent_hangs_up(tmp_path):
+    agent = lambda ctx: ScriptedAgent(ctx, [(0.5, HangupRequest("goodbye"))])  # noqa: E731
+    async with live_server(agent) as server:
+        code, trace = await run_sipp("agent_bye", server.address[1], tmp_path)
+        await asyncio.sleep(0.2)
+        assert not server.core.calls
+    assert code == 0
+    assert re.search(r"UDP message received.*\n\s*\nBYE sip:sipp@", trace)
