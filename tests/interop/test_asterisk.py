@@ -21,7 +21,7 @@ import pytest
 from bridge.codec.g711 import ulaw_decode
 from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest, TransferRequest
 from tests.interop.asterisk_peer import AsteriskPeer, skip_reason
-from tests.pbx.ari.conftest import Adapter, ScriptedAgent, wait_until
+from tests.pbx.ari.harness import Adapter, ScriptedAgent, wait_until
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 

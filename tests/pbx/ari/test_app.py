@@ -12,7 +12,7 @@ from bridge.errors import ConfigError
 from bridge.pbx.ari.app import REFUSED_VARIABLE, serve_ari
 from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest, TransferRequest
 from tests.fakes.ari import AriReply, FakeAsterisk, tone
-from tests.pbx.ari.conftest import Adapter, ScriptedAgent, pcm_stats, wait_until
+from tests.pbx.ari.harness import Adapter, ScriptedAgent, pcm_stats, wait_until
 
 TONE_HZ = 440
 TONE_AMPLITUDE = 8000
