@@ -46,14 +46,17 @@ def azure_url(endpoint: str, deployment: str) -> str:
     """The Azure GA websocket URL: wss://<resource>.openai.azure.com/openai/v1/realtime?model=<deployment>.
 
     AZURE_OPENAI_ENDPOINT may be the resource's https:// base (as the portal shows it) or a full ws(s) URL.
-    No `api-version`: the GA path refuses it.
+    No `api-version`: the GA path refuses it (a pasted preview URL loses it and its `deployment`).
     """
     parts = urlsplit(endpoint.strip())
     scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
     path = parts.path.rstrip("/")
+    if path.endswith("/openai/realtime"):  # a preview URL pasted in: its GA equivalent
+        path = path.removesuffix("/openai/realtime")
     if not path.endswith("/realtime"):
         path += AZURE_PATH
-    return _with_query(urlunsplit((scheme, parts.netloc, path, parts.query, "")), model=deployment)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k not in ("api-version", "deployment")])
+    return _with_query(urlunsplit((scheme, parts.netloc, path, query, "")), model=deployment)
 
 
 def openai_url(endpoint: str, model: str) -> str:

@@ -370,6 +370,8 @@ class TestAzure:
             "wss://res.openai.azure.com/openai/v1/realtime?model=rt")
         assert azure_url("wss://res.openai.azure.com/openai/v1/realtime", "rt") == (
             "wss://res.openai.azure.com/openai/v1/realtime?model=rt")
+        assert azure_url("https://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview&deployment=x",
+                         "rt") == "wss://res.openai.azure.com/openai/v1/realtime?model=rt"
         assert openai_url("wss://api.openai.com/v1/realtime", "gpt-realtime") == (
             "wss://api.openai.com/v1/realtime?model=gpt-realtime")
         assert openai_url("wss://proxy/v1/realtime?model=grok&x=1", "gpt-realtime") == (
