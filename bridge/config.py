@@ -271,3 +271,5 @@ def _check(s: Settings) -> None:
         raise ConfigError("AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT are required when AI_VENDOR=azure")
     if s.ari_url and not s.ari_url.startswith(("http://", "https://")):
         raise ConfigError(f"ARI_URL={s.ari_url!r} is not valid: expected http://host:port")
+    if s.ari_url and s.ari_format == "slin16":  # Asterisk drops slin16 (PT 118) sent back over ExternalMedia RTP
+        raise ConfigError("ARI_FORMAT=slin16 is not supported over ExternalMedia RTP (one-way): use ulaw or alaw")

@@ -299,3 +299,10 @@ class TestSetupRaces:
             await settle_empty(fake, adapter)
         assert ("POST", f"/channels/{caller}/redirect", 422) in [(m, p, st) for m, p, st, _ in fake.rejected]
         assert ("DELETE", f"/channels/{caller}") in [(m, p) for m, p, _ in fake.requests]
+
+
+def test_slin16_is_a_configuration_error():
+    from bridge import config
+
+    with pytest.raises(ConfigError, match="ARI_FORMAT=slin16"):
+        config.load(environ={"ARI_URL": "http://127.0.0.1:8088", "ARI_FORMAT": "slin16"}, dotenv=None)
