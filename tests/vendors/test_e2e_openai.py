@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import pytest
+
 from bridge import caller as uac
 from bridge.call import MediaCore
 from bridge.config import AgentPrompt
@@ -32,11 +34,14 @@ class Env:
 
 
 @contextlib.asynccontextmanager
-async def environment(api_key: str = KEY, **fake_options) -> AsyncIterator[Env]:
-    fake = FakeRealtime(KEY, **fake_options)
+async def environment(api_key: str = KEY, azure: bool = False, **fake_options) -> AsyncIterator[Env]:
+    fake = FakeRealtime(KEY, azure=azure, **fake_options)
     url = await fake.start()
+    vendor = dict(ai_vendor="azure", azure_openai_api_key=api_key, azure_openai_endpoint=url,
+                  azure_openai_deployment="my-realtime") if azure else dict(
+                  ai_vendor="openai", openai_api_key=api_key, openai_ws_endpoint=url)
     settings = make_settings(
-        ai_vendor="openai", openai_api_key=api_key, openai_ws_endpoint=url, sip_port=0, sip_domain="127.0.0.1",
+        **vendor, sip_port=0, sip_domain="127.0.0.1",
         rtp_port_min=41000, rtp_port_max=41999, reconnect_delay_sec=0.02, ai_connection_timeout_sec=3.0,
         prompt=AgentPrompt(instructions="Be brief.", greeting="Welcome to ACME."))
     core = MediaCore(settings)
@@ -100,8 +105,9 @@ async def until(predicate, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_greeting_first_and_caller_audio_complete_in_order():
-    async with environment(reply_audio=GREETING) as env:
+@pytest.mark.parametrize("azure", [False, True], ids=["openai", "azure"])
+async def test_greeting_first_and_caller_audio_complete_in_order(azure):
+    async with environment(azure=azure, reply_audio=GREETING) as env:
         caller = Caller(env.target)
         assert await caller.dial()
         await until(lambda: len(caller.heard(GREETING[:FRAME])) == 16)
