@@ -238,3 +238,28 @@ async def test_agent_transfer_continues_the_caller_in_the_dialplan(asterisk, ari
         assert channel["dialplan"]["context"] == "interop-transfer" and channel["dialplan"]["exten"] == "2000"
         assert await aget(asterisk, "/bridges") == []
     await nothing_left(asterisk)  # [interop-transfer] hangs up after 1 s
+
+
+async def wait_for_log(peer: AsteriskPeer, text: str, timeout: float = 5.0) -> None:
+    log = peer.dir / "var" / "log" / "messages.log"
+    deadline = time.monotonic() + timeout
+    while text not in (log.read_text(errors="replace") if log.exists() else ""):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{text!r} never appeared in Asterisk's log")
+        await asyncio.sleep(0.05)
+
+
+async def test_beyond_max_calls_the_dialplan_fallback_runs(asterisk, ari_settings):
+    settings = dataclasses.replace(ari_settings, max_calls=0)
+    async with Adapter(settings):
+        await registered(asterisk)
+        await originate(asterisk, "s@interop-tone")
+        # extensions.conf: back from Stasis with SIP_TO_AI_REFUSED set -> the `unavailable` branch
+        await wait_for_log(asterisk, "sip-to-ai unavailable: SUCCESS max calls (0) reached")
+    await nothing_left(asterisk)
+
+
+async def test_without_the_adapter_stasis_fails_into_the_fallback(asterisk):
+    await originate(asterisk, "s@interop-tone")
+    await wait_for_log(asterisk, "sip-to-ai unavailable: FAILED")
+    await nothing_left(asterisk)
