@@ -83,7 +83,8 @@ class Dialog:
         """A request inside the dialog with our next CSeq (§12.2.1.1)."""
         self.local_cseq += 1
         uri, routes = self.remote_target, list(self.route_set)
-        if routes and "lr" not in NameAddr.parse(routes[0]).uri.lower().split(";")[1:]:
+        params = NameAddr.parse(routes[0]).uri.lower().split(";")[1:] if routes else []
+        if routes and "lr" not in (p.split("=")[0].strip() for p in params):
             uri = NameAddr.parse(routes[0]).uri  # strict router: it becomes the R-URI, the target goes last
             routes = routes[1:] + [f"<{self.remote_target}>"]
         host = f"[{via_host}]" if ":" in via_host else via_host

@@ -440,6 +440,7 @@ class Uas:
                extra: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
         extra = list(extra or []) + [("server", self.config.server)]
         resp = message.response(txn.request, status, tag or new_tag(), extra, body)
+        self.stats[f"{txn.request.method} {status}"] += 1
         self._send(txn.respond(resp, now), txn.dest)
 
     def _stamp_via(self, req: Request, source: Address) -> Address:
