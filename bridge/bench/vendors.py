@@ -20,8 +20,9 @@ import contextlib
 import dataclasses
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +162,129 @@ async def _barge_in(sess, pbx: _Pbx) -> float:  # type: ignore[no-untyped-def]
     return max(0.0, (last - signal) * 1000)
 
 
-BENCHES: dict[str, Callable[[float], Awaitable[Figures]]] = {"openai": bench_openai}  # (scale) -> figures
+# ---- Deepgram and Gemini: the same measurements through their fakes ------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _bench_call(settings: config.Settings, name: str) -> AsyncIterator[tuple[Any, _Pbx]]:
+    """One call through MediaCore to the configured vendor, its PBX side on loopback; yields (call, pbx)."""
+    from bridge.call import MediaCore
+
+    core = MediaCore(dataclasses.replace(settings, media_address="127.0.0.1", rtp_port_min=43000,
+                                         rtp_port_max=43999, prompt=config.AgentPrompt(instructions="bench")))
+    loop = asyncio.get_running_loop()
+    _, pbx = await loop.create_datagram_endpoint(_Pbx, local_addr=("127.0.0.1", 0))
+    call = await core.create_call(CallInfo(f"bench-{name}", "bench"),
+                                  MediaLeg(pbx.transport.get_extra_info("sockname")[:2], Codec.PCMU))
+    runner = asyncio.create_task(call.run(_Control()))
+    try:
+        yield call, pbx
+    finally:
+        call.end("bench over")
+        await runner
+        pbx.transport.close()
+
+
+async def _replies(pbx: _Pbx, reply: Callable[[int], Awaitable[None]], is_agent: Callable[[bytes], bool],
+                   count: int) -> list[float]:
+    """Short replies at random moments; ms from handing each to the fake's socket to its first frame on the wire."""
+    loop = asyncio.get_running_loop()
+    out = []
+    for n in range(count):
+        await asyncio.sleep(random.uniform(0.0, 0.04))
+        start = len(pbx.arrivals)
+        left = loop.time()
+        await reply(n)
+        while not any(is_agent(p) for _, p in pbx.arrivals[start:]):
+            await asyncio.sleep(0.001)
+        out.append((next(t for t, p in pbx.arrivals[start:] if is_agent(p)) - left) * 1000)
+        await asyncio.sleep(0.06)  # the reply plays out
+    return out
+
+
+async def _flush(pbx: _Pbx, speak: Callable[[], Awaitable[object]], interrupt: Callable[[], Awaitable[None]],
+                 is_agent: Callable[[bytes], bool]) -> float:
+    """A reply streamed fast, interrupted once 15 frames were on the wire; ms from the signal to the last frame."""
+    loop = asyncio.get_running_loop()
+    start = len(pbx.arrivals)
+    await speak()
+    while sum(1 for _, p in pbx.arrivals[start:] if is_agent(p)) < 15:
+        await asyncio.sleep(0.005)
+    signal = loop.time()
+    await interrupt()
+    await asyncio.sleep(0.15)
+    last = max(t for t, p in pbx.arrivals[start:] if is_agent(p))
+    return max(0.0, (last - signal) * 1000)
+
+
+async def bench_deepgram(scale: float = 1.0) -> Figures:
+    """Deepgram Voice Agent (G.711 straight through, binary frames) against tests/fakes/deepgram_agent.py."""
+    from tests.fakes.deepgram_agent import FakeDeepgram
+
+    async def reply(n: int) -> None:
+        await conn.ws.send_bytes(tag(n, 0x30) * 2)
+        await conn.send({"type": "AgentAudioDone"})
+
+    figures = Figures()
+    async with FakeDeepgram(speak_greeting=False) as fake:
+        settings = dataclasses.replace(config.load(environ={}, dotenv=None), ai_vendor="deepgram",
+                                       deepgram_api_key=fake.api_key, deepgram_ws_endpoint=fake.url)
+        async with _bench_call(settings, "deepgram") as (call, pbx):
+            conn = await fake.connection()
+            sent: dict[int, float] = {}
+            frames_up = int(UPLINK_FRAMES * scale)
+            caller = asyncio.create_task(_send_caller_audio(pbx, call.local_address, sent, frames_up))
+            figures.downlink = await _replies(pbx, reply, lambda p: p[0] == 0x30, int(REPLIES * scale))
+            await caller
+            await asyncio.sleep(0.3)
+            frames = [bytes(conn.audio[i:i + FRAME]) for i in range(0, len(conn.audio), FRAME)]
+            figures.uplink = [(t - sent[untag(f)]) * 1000 for t, f in zip(conn.audio_times, frames, strict=True)]
+            for _ in range(int(BARGE_INS * scale)):
+                figures.flush.append(await _flush(pbx, lambda: conn.speak(bytes([0x40]) * FRAME * 150, done=False),
+                                                  conn.barge_in, lambda p: p[0] == 0x40))
+    return figures
+
+
+async def bench_gemini(scale: float = 1.0) -> Figures:
+    """Gemini Live (G.711 <-> PCM16, 16 kHz up and 24 kHz down through the resamplers) against the fake.
+
+    Resampled audio keeps no tags: uplink frames are matched in order (one `realtimeInput.audio` message per
+    caller frame, in order), and a reply is a 40 ms tone whose first non-silent frame on the wire is timed.
+    """
+    import base64
+
+    from tests.fakes.gemini_live import OUT_MIME, FakeGeminiLive, tone
+
+    silence = bytes([0xFF]) * FRAME
+    blip = base64.b64encode(tone(440, 0.04)).decode()
+
+    async def reply(n: int) -> None:
+        part = {"inlineData": {"mimeType": OUT_MIME, "data": blip}}
+        await conn.send({"serverContent": {"modelTurn": {"parts": [part]}}})
+        await conn.send({"serverContent": {"turnComplete": True}})
+
+    figures = Figures()
+    async with FakeGeminiLive(answer_turns=False) as fake:
+        settings = dataclasses.replace(config.load(environ={}, dotenv=None), ai_vendor="gemini",
+                                       gemini_api_key=fake.api_key, gemini_ws_endpoint=fake.url,
+                                       gemini_model=fake.models[0])
+        async with _bench_call(settings, "gemini") as (call, pbx):
+            conn = await fake.connection()
+            sent: dict[int, float] = {}
+            frames_up = int(UPLINK_FRAMES * scale)
+            caller = asyncio.create_task(_send_caller_audio(pbx, call.local_address, sent, frames_up))
+            figures.downlink = await _replies(pbx, reply, lambda p: p != silence, int(REPLIES * scale))
+            await caller
+            await asyncio.sleep(0.3)
+            figures.uplink = [(t - sent[n]) * 1000 for n, t in enumerate(conn.audio_times)]
+            for _ in range(int(BARGE_INS * scale)):
+                figures.flush.append(await _flush(pbx, lambda: conn.speak(3.0, 440, done=False), conn.interrupt,
+                                                  lambda p: p != silence))
+    return figures
+
+
+BENCHES: dict[str, Callable[[float], Awaitable[Figures]]] = {  # (scale) -> figures
+    "openai": bench_openai, "deepgram": bench_deepgram, "gemini": bench_gemini}
 
 
 def _pct(values: list[float], q: float) -> str:

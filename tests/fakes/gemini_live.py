@@ -91,6 +91,7 @@ class GeminiConnection:
     audio: bytearray = field(default_factory=bytearray)  # caller PCM16 received, in order
     audio_rates: set[int] = field(default_factory=set)
     audio_times: list[float] = field(default_factory=list)  # loop time each audio message arrived
+    received_at: float = 0.0  # loop time the frame being handled arrived (stamped before any checking)
     texts: list[str] = field(default_factory=list)  # realtimeInput.text
     turns: list[dict[str, Any]] = field(default_factory=list)  # clientContent messages
     tool_responses: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -231,7 +232,7 @@ class GeminiConnection:
                 raise Rejected(1007, INVALID, "audio must be PCM16 with its rate in the MIME type")
             self.audio_rates.add(int(m.group(1)))
             self.audio.extend(data)
-            self.audio_times.append(asyncio.get_running_loop().time())
+            self.audio_times.append(self.received_at)
         elif (text := _get(body, "text")) is not None:
             self.texts.append(text)
         elif _get(body, "mediaChunks") is not None:
@@ -321,6 +322,7 @@ class FakeGeminiLive:
 
     async def _serve(self, conn: GeminiConnection) -> None:
         async for msg in conn.ws:
+            conn.received_at = asyncio.get_running_loop().time()
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 return
             try:
