@@ -107,6 +107,10 @@ class Message:
 
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    spelling: dict[str, str] = field(default_factory=dict)  # lower-case name -> as the peer wrote it
+
+    def original_name(self, name: str) -> str:
+        return self.spelling.get(name) or canonical(name)
 
     def get(self, name: str) -> str | None:
         """The first value of a header (compact names accepted)."""
@@ -195,6 +199,7 @@ def parse(data: bytes, stream: bool = False) -> Request | Response:
     request = not start.startswith("SIP/")
     try:
         msg = _start_line(start, headers)
+        msg.spelling = _spelling(lines[1:])
         msg.body = _body(msg, body, stream)
         _check(msg, text)
     except SipParseError as exc:
@@ -225,6 +230,15 @@ def _headers(lines: list[str]) -> list[tuple[str, str]]:
     if bad:
         raise SipParseError(f"bad header line {bad[0]!r}", 400, headers)
     return headers
+
+
+def _spelling(lines: list[str]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for line in lines:
+        name = line.partition(":")[0].strip()
+        if name and line[:1] not in (" ", "\t"):
+            names.setdefault(g.COMPACT.get(name.lower(), name.lower()), name)
+    return names
 
 
 def _start_line(start: str, headers: list[tuple[str, str]]) -> Request | Response:

@@ -502,7 +502,7 @@ def _answer_key(neg: sdp.Negotiated) -> tuple[object, ...]:
 
 def _metadata(req: Request) -> dict[str, str]:
     """What the agent may use: X- headers, identity headers, the From display name and URIs."""
-    meta = {message.canonical(n): v for n, v in req.headers if n.startswith("x-") or n in METADATA_HEADERS}
+    meta = {req.original_name(n): v for n, v in req.headers if n.startswith("x-") or n in METADATA_HEADERS}
     frm = req.name_addr("from")
     meta["From-Display"] = frm.display
     meta["From-URI"] = unquote(frm.uri)

@@ -295,3 +295,34 @@ class TestOtherRequests:
     def test_unparseable_without_via_is_dropped_and_counted(self, uas):
         uas.receive(b"INVITE sip:x SIP/2.0\r\nCall-ID: x\r\n\r\n", PEER, 0.0)
         assert uas.datagrams() == [] and uas.stats["dropped"] == 1
+
+
+def test_freeswitch_bridge_invite(uas):
+    """The INVITE freeswitch/bridge-to-adapter.xml makes: X- headers reach the agent, PCMU and 101 are taken."""
+    from tests.sip.test_sip_sdp import FREESWITCH
+
+    c = Caller(uas)
+    extra = "X-Caller-Number: 1000\r\nX-Caller-Name: Alice\r\nX-AI-Call-UUID: 5f3c0a56-8d1e-4b8e-9b6a-0c3f2a1d9e77"
+    c.send(c.request("INVITE", body=FREESWITCH, extra=extra))
+    (event,) = uas.events()
+    assert event.metadata["X-Caller-Number"] == "1000"
+    assert event.metadata["X-AI-Call-UUID"] == "5f3c0a56-8d1e-4b8e-9b6a-0c3f2a1d9e77"
+    assert (event.media.codec, event.media.payload_type, event.media.dtmf_payload_type) == (Codec.PCMU, 0, 101)
+    uas.answer("call-1", MEDIA, 0.1)
+    (ok,) = c.out()
+    assert b"a=ptime:20" in ok.body and b"a=rtpmap:101 telephone-event/8000" in ok.body
+
+
+def test_bye_through_a_strict_router(uas):
+    """§12.2.1.1: with no ;lr on the first route it becomes the R-URI and the remote target goes last."""
+    c = Caller(uas)
+    invite = c.request("INVITE", body=OFFER).replace(b"<sip:proxy.example.com;lr>", b"<sip:strict.example.com>")
+    c.send(invite)
+    uas.answer("call-1", MEDIA, 0.0)
+    (ok,) = c.out()
+    c.to_tag = ok.name_addr("to").tag
+    c.send(c.request("ACK", branch="z9hG4bKa").replace(b"proxy.example.com;lr", b"strict.example.com"), 0.1)
+    uas.hangup("call-1", 1.0)
+    (bye,) = c.out()
+    assert bye.uri == "sip:strict.example.com"
+    assert bye.values("route") == ["<sip:alice@10.0.0.1:5062>"]
