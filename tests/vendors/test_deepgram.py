@@ -320,3 +320,67 @@ class TestLongConversation:
         await asyncio.sleep(0)
         assert len(asyncio.all_tasks()) <= before
         assert fake.violations == []
+
+
+class TestFakeIsHonest:
+    """The fake refuses what Deepgram documents as refused, whatever our client does."""
+
+    async def raw(self, fake: FakeDeepgram):  # type: ignore[no-untyped-def]
+        from websockets.asyncio.client import connect
+
+        ws = await connect(fake.url, additional_headers={"Authorization": f"Token {fake.api_key}"})
+        assert json.loads(await ws.recv())["type"] == "Welcome"
+        return ws
+
+    async def next_error(self, ws) -> str:  # type: ignore[no-untyped-def]
+        while True:
+            message = await ws.recv()
+            if isinstance(message, str) and json.loads(message)["type"] == "Error":
+                return json.loads(message)["code"]
+
+    async def test_audio_before_settings(self, fake):
+        ws = await self.raw(fake)
+        await ws.send(b"\xff" * 160)
+        assert await self.next_error(ws) == "NON_SETTINGS_MESSAGE_BEFORE_SETTINGS"
+        await ws.close()
+
+    async def test_second_settings_and_pre_v1_name(self, fake):
+        good = settings_message(make_ctx(fake), greeting=False)
+        ws = await self.raw(fake)
+        await ws.send(json.dumps(good))
+        await ws.send(json.dumps(good))
+        assert await self.next_error(ws) == "SETTINGS_ALREADY_APPLIED"
+        await ws.close()
+        ws = await self.raw(fake)
+        await ws.send(json.dumps(good | {"type": "SettingsConfiguration"}))
+        assert await self.next_error(ws) == "UNPARSABLE_CLIENT_MESSAGE"
+        await ws.close()
+
+    @pytest.mark.parametrize("breakage", [
+        lambda s: s["audio"]["input"].update(encoding="ulaw"),
+        lambda s: s["audio"]["input"].update(sample_rate="8000"),
+        lambda s: s["agent"].update(greting="typo"),
+        lambda s: s["agent"]["speak"]["provider"].pop("model"),
+        lambda s: s.pop("audio"),
+    ])
+    async def test_invalid_settings(self, fake, breakage):
+        bad = settings_message(make_ctx(fake), greeting=False)
+        breakage(bad)
+        ws = await self.raw(fake)
+        await ws.send(json.dumps(bad))
+        assert await self.next_error(ws) == "INVALID_SETTINGS"
+        await ws.close()
+
+    async def test_response_to_no_pending_call(self, fake):
+        ws = await self.raw(fake)
+        await ws.send(json.dumps(settings_message(make_ctx(fake), greeting=False)))
+        await ws.send(json.dumps({"type": "FunctionCallResponse", "id": "fc_x", "name": "end_call", "content": ""}))
+        assert await self.next_error(ws) == "UNPARSABLE_CLIENT_MESSAGE"
+        await ws.close()
+
+    async def test_idle_without_keepalive(self, fake):
+        fake.idle_timeout = 0.1
+        ws = await self.raw(fake)
+        await ws.send(json.dumps(settings_message(make_ctx(fake), greeting=False)))
+        assert await self.next_error(ws) == "CLIENT_MESSAGE_TIMEOUT"
+        await ws.close()

@@ -355,3 +355,62 @@ def test_audio_message_is_base64_pcm_with_rate():
     message = json.loads(GeminiAgent(ctx).audio_message(b"\x01\x02" * 4))
     assert message == {"realtimeInput": {"audio": {"data": base64.b64encode(b"\x01\x02" * 4).decode(),
                                                    "mimeType": "audio/pcm;rate=16000"}}}
+
+
+class TestFakeIsHonest:
+    """The fake closes the connection where Gemini Live does, whatever our client does."""
+
+    async def closed_by(self, fake: FakeGeminiLive, *messages: dict, key: str | None = None) -> tuple[int, str]:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        async with connect(f"{fake.url}?key={key or fake.api_key}") as ws:
+            for message in messages:
+                await ws.send(json.dumps(message))
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await ws.recv()
+        return info.value.rcvd.code, info.value.rcvd.reason
+
+    def setup(self, fake: FakeGeminiLive) -> dict:
+        return setup_message(make_ctx(fake), None)
+
+    async def test_setup_must_come_first(self, fake):
+        assert (await self.closed_by(fake, {"realtimeInput": {"text": "hi"}}))[0] == 1007
+
+    async def test_bad_key_by_query_is_1007(self, fake):
+        code, reason = await self.closed_by(fake, self.setup(fake), key="nope")
+        assert code == 1007 and "API key not valid" in reason
+
+    async def test_snake_case_setup_is_accepted(self, fake):
+        from websockets.asyncio.client import connect
+
+        async with connect(fake.url, additional_headers={"x-goog-api-key": fake.api_key}) as ws:
+            await ws.send(json.dumps({"setup": {"model": "models/gemini-test-live",
+                                                "generation_config": {"response_modalities": ["AUDIO"]}}}))
+            assert json.loads(await ws.recv()) == {"setupComplete": {}}
+        assert fake.violations == []
+
+    async def test_audio_without_rate_two_fields_and_legacy_chunks_are_rejected(self, fake):
+        pcm = base64.b64encode(b"\x00\x00" * 160).decode()
+        for bad in ({"realtimeInput": {"audio": {"data": pcm, "mimeType": "audio/pcm"}}},
+                    {"realtimeInput": {"audio": {"data": pcm, "mimeType": "audio/pcm;rate=16000"}, "text": "x"}},
+                    {"realtimeInput": {"mediaChunks": [{"data": pcm, "mimeType": "audio/pcm;rate=16000"}]}},
+                    {"realtimeInput": {"audio": {"data": "not base64!", "mimeType": "audio/pcm;rate=16000"}}}):
+            assert (await self.closed_by(fake, self.setup(fake), bad))[0] == 1007, bad
+
+    async def test_second_setup_unknown_key_and_bad_enum_are_rejected(self, fake):
+        setup = self.setup(fake)
+        assert (await self.closed_by(fake, setup, setup))[0] == 1007
+        typo = json.loads(json.dumps(setup))
+        typo["setup"]["systemInstructions"] = typo["setup"].pop("systemInstruction")
+        assert (await self.closed_by(fake, typo))[0] == 1007
+        bad_enum = json.loads(json.dumps(setup))
+        bad_enum["setup"]["generationConfig"]["responseModalities"] = ["AUDIOX"]
+        assert (await self.closed_by(fake, bad_enum))[0] == 1007
+
+    async def test_unknown_resumption_handle_and_tool_response_for_nothing(self, fake):
+        resume = setup_message(make_ctx(fake), "forged-handle")
+        assert (await self.closed_by(fake, resume))[0] == 1007
+        stray = {"toolResponse": {"functionResponses": [{"id": "x", "name": "end_call", "response": {}}]}}
+        assert (await self.closed_by(fake, self.setup(fake), stray))[0] == 1007
