@@ -24,6 +24,7 @@ from bridge.vendors.ws import Action, Endpoint, KeepAlive, Message, Ready, Send,
 KEEPALIVE_IDLE = 5.0
 
 ENCODING = {Codec.PCMU: "mulaw", Codec.PCMA: "alaw"}  # audio.input/output.encoding names for G.711
+THINK_PROVIDERS = (("claude", "anthropic"), ("gemini", "google"))  # model-name prefix -> agent.think.provider.type
 ROLES = {"user": "caller", "assistant": "agent"}  # ConversationText.role -> Transcript.role
 # Utterances replayed as `agent.context.messages` after a reconnect, so the model remembers the call; the most
 # recent ones matter, and Deepgram's managed LLMs cap the prompt at 25,000 characters (vendors.md §2.2).
@@ -42,7 +43,7 @@ def settings_message(ctx: AgentContext, greeting: bool, history: Sequence[tuple[
     agent: dict[str, Any] = {
         "listen": {"provider": {"type": "deepgram", "model": s.deepgram_listen_model}},
         "think": {
-            "provider": {"type": "open_ai", "model": s.deepgram_llm_model},
+            "provider": {"type": think_provider(s.deepgram_llm_model), "model": s.deepgram_llm_model},
             "prompt": ctx.prompt.instructions,
             "functions": [_function(t) for t in tools.declared_tools(ctx.prompt)],
         },
@@ -61,6 +62,14 @@ def settings_message(ctx: AgentContext, greeting: bool, history: Sequence[tuple[
         },
         "agent": agent,
     }
+
+
+def think_provider(model: str) -> str:
+    """Deepgram's think-provider type for DEEPGRAM_LLM_MODEL: Claude -> anthropic, Gemini -> google, else OpenAI."""
+    for prefix, provider in THINK_PROVIDERS:
+        if model.startswith(prefix):
+            return provider
+    return "open_ai"
 
 
 def _speak_model(ctx: AgentContext) -> str:

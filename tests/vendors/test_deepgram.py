@@ -111,6 +111,13 @@ class TestConnect:
         assert events.of(Transcript)[0] == Transcript("agent", "Hello, how can I help?")
         assert isinstance(events.events[-1], AgentTurnEnd)
 
+    @pytest.mark.parametrize(("model", "provider"), [("gpt-4o-mini", "open_ai"), ("claude-3-5-haiku-latest",
+                                                     "anthropic"), ("gemini-2.0-flash", "google")])
+    def test_think_provider_follows_the_llm_model(self, fake, model, provider):
+        message = settings_message(make_ctx(fake, deepgram_llm_model=model), greeting=False)
+        assert message["agent"]["think"]["provider"] == {"type": provider, "model": model}
+        assert check_settings(json.loads(json.dumps(message))) == []
+
     @pytest.mark.parametrize("codec", [Codec.PCMU, Codec.PCMA])
     def test_settings_pass_the_sdk_model_and_the_fake_rules(self, fake, codec):
         message = settings_message(make_ctx(fake, codec), greeting=True)
