@@ -156,6 +156,7 @@ class Settings:
     gemini_api_key: str = _env("GEMINI_API_KEY", "", secret=True)
     gemini_model: str = _env("GEMINI_MODEL", "gemini-2.5-flash-native-audio-preview-09-2025")
     gemini_voice: str = _env("GEMINI_VOICE", "Puck")
+    gemini_greeting: str = _env("GEMINI_GREETING", "client_content", _choice("client_content", "realtime_text"))
     gemini_ws_endpoint: str = _env(
         "GEMINI_WS_ENDPOINT",
         "wss://generativelanguage.googleapis.com/ws/"

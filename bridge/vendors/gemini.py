@@ -66,9 +66,15 @@ def setup_message(ctx: AgentContext, handle: str | None) -> dict[str, Any]:
     }}
 
 
-def greeting_message(greeting: str) -> dict[str, Any]:
-    """An initial user turn that makes the model speak first (vendors.md §3.5)."""
+def greeting_message(greeting: str, mode: str = "client_content") -> dict[str, Any]:
+    """What makes the model speak first (vendors.md §3.5): an initial user turn, or realtime text.
+
+    `clientContent` is the documented way; GEMINI_GREETING=realtime_text is for models that refuse it
+    (gemini-3.1-flash-live-preview closed with 1007 on clientContent at launch).
+    """
     text = f'The caller has just picked up. Greet them by saying: "{greeting}"'
+    if mode == "realtime_text":
+        return {"realtimeInput": {"text": text}}
     return {"clientContent": {"turns": [{"role": "user", "parts": [{"text": text}]}], "turnComplete": True}}
 
 
@@ -130,7 +136,8 @@ class GeminiAgent(WsAgent):
         if not self._greet:
             return [Ready()]
         self._greet = False
-        return [Ready(), Send(_json(greeting_message(self.ctx.prompt.greeting)))]
+        message = greeting_message(self.ctx.prompt.greeting, self.ctx.settings.gemini_greeting)
+        return [Ready(), Send(_json(message))]
 
     def _server_content(self, body: Mapping[str, Any]) -> list[Action]:
         actions: list[Action] = []

@@ -235,6 +235,8 @@ class GeminiConnection:
             self.audio_times.append(self.received_at)
         elif (text := _get(body, "text")) is not None:
             self.texts.append(text)
+            if self.server.answer_text:  # realtime text is a user turn the model answers
+                await self.speak(self.server.greeting_seconds, self.server.greeting_freq, "Hello there caller")
         elif _get(body, "mediaChunks") is not None:
             raise Rejected(1007, INVALID, "mediaChunks is deprecated; use audio")
 
@@ -260,13 +262,14 @@ class FakeGeminiLive:
 
     def __init__(self, api_key: str = "gm-secret-key-789", *, models: tuple[str, ...] = ("gemini-test-live",),
                  binary_frames: bool = True, answer_turns: bool = True, greeting_seconds: float = 0.4,
-                 greeting_freq: float = 440.0) -> None:
+                 greeting_freq: float = 440.0, answer_text: bool = False) -> None:
         self.api_key = api_key
         self.models = models
         self.binary_frames = binary_frames
         self.answer_turns = answer_turns  # speak when a clientContent turn completes (the greeting)
         self.greeting_seconds = greeting_seconds
         self.greeting_freq = greeting_freq
+        self.answer_text = answer_text  # speak when realtimeInput.text arrives
         self.connections: list[GeminiConnection] = []
         self.violations: list[str] = []
         self.handles: set[str] = set()

@@ -121,6 +121,7 @@ class TestSetup:
         agent = GeminiAgent(ctx)
         messages = [
             setup_message(ctx, None), setup_message(ctx, "session-handle-9"), greeting_message("Hi"),
+            greeting_message("Hi", "realtime_text"),
             json.loads(agent.audio_message(b"\x01\x00" * 320)),
             {"toolResponse": {"functionResponses": [{"id": "f1", "name": "end_call", "response": {"ok": True}}]}},
             {"realtimeInput": {"text": "caller pressed 5"}},
@@ -153,6 +154,17 @@ class TestGreeting:
         assert "Hello, how can I help?" in conn.turns[0]["turns"][0]["parts"][0]["text"]
         assert events.audio() == tone(440, fake.greeting_seconds)
         assert events.of(Transcript) == [Transcript("agent", "Hello there caller")]
+
+    async def test_greeting_as_realtime_text_when_configured(self):
+        async with FakeGeminiLive(answer_text=True) as fake:
+            agent, events = await open_session(fake, gemini_greeting="realtime_text")
+            await events.wait(AgentTurnEnd)
+            conn = await fake.connection()
+            assert conn.turns == [] and "Hello, how can I help?" in conn.texts[0]
+            assert events.audio() == tone(440, fake.greeting_seconds)
+            await agent.aclose()
+            await events.stop()
+            assert fake.violations == []
 
     async def test_no_greeting_configured_no_turn(self, fake, quiet):
         conn = await fake.connection()
