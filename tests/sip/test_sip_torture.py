@@ -140,3 +140,32 @@ async def test_live_responder_survives_every_message():
         wrong = {n: s for n, s in results.items() if s not in {200 if e == CALL else e for e in EXPECTED[n]}}
         assert not wrong, wrong
         assert server.uas is not None and server.uas.stats["received"] >= len(EXPECTED)
+
+
+def test_mutated_torture_messages_only_ever_raise_parse_errors():
+    """h11's fuzz invariant: garbage either parses or raises SipParseError; the UAS never raises at all."""
+    import random
+
+    rng = random.Random(4475)
+    corpus = [load(name) for name in sorted(EXPECTED)]
+    uas = Uas(UasConfig("127.0.0.1", 5060))
+    for i in range(3000):
+        data = bytearray(rng.choice(corpus))
+        for _ in range(rng.randint(1, 8)):
+            op, pos = rng.randrange(4), rng.randrange(len(data) or 1)
+            if op == 0 and data:
+                data[pos % len(data)] = rng.randrange(256)
+            elif op == 1:
+                data[pos:pos] = rng.choice([b"\r\n", b":", b";", b",", b"<", b">", b'"', b" ", b"\r\n "])
+            elif op == 2:
+                del data[pos:pos + rng.randint(1, 20)]
+            else:
+                data = data[:pos]
+        try:
+            message.parse(bytes(data))
+        except message.SipParseError:
+            pass
+        uas.receive(bytes(data), ("127.0.0.1", 40000 + i % 100), float(i))
+        uas.handle_timer(float(i))
+        uas.datagrams()
+        uas.events()

@@ -120,3 +120,11 @@ async def test_tcp_and_udp_on_the_same_port():
         assert head.startswith(b"SIP/2.0 200 OK")
         writer.close()
         client.close()
+
+
+async def test_shutdown_sends_bye_to_live_calls():
+    async with live_server() as server:
+        calls = asyncio.create_task(place_calls(f"sip:echo@127.0.0.1:{server.address[1]}", calls=1, seconds=3))
+        await asyncio.sleep(0.8)
+    (fig,) = await calls
+    assert fig.answered and fig.ended_by == "adapter" and fig.sent < 100

@@ -326,3 +326,27 @@ def test_bye_through_a_strict_router(uas):
     (bye,) = c.out()
     assert bye.uri == "sip:strict.example.com"
     assert bye.values("route") == ["<sip:alice@10.0.0.1:5062>"]
+
+
+def test_reinvite_without_sdp_offers_ours_and_the_ack_answers(uas):
+    """§14.2 / RFC 3264: a re-INVITE without a body gets our SDP as an offer; the ACK carries the answer."""
+    c = answered_call(uas)
+    uas.events()
+    (ok,) = c.send(c.request("INVITE", cseq=2, branch="z9hG4bKre"), 2.0)
+    assert ok.status == 200 and b"m=audio 20000 RTP/AVP 0 8 101" in ok.body
+    answer = OFFER.replace(b"4000 RTP/AVP 8 0 101", b"4200 RTP/AVP 0 101")
+    c.send(c.request("ACK", cseq=2, branch="z9hG4bKack2", body=answer), 2.1)
+    (event,) = uas.events()
+    assert isinstance(event, MediaChanged) and event.media.remote == ("10.0.0.1", 4200)
+
+
+def test_info_dtmf_relay(uas):
+    from bridge.sip.events import DtmfReceived
+
+    c = answered_call(uas)
+    uas.events()
+    data = c.request("INFO", cseq=2, branch="z9hG4bKinfo").replace(
+        b"Content-Length: 0\r\n\r\n", b"Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n\r\n"
+    ) + b"Signal=5\r\nDuration=160\r\n"
+    assert statuses(c.send(data, 2.0)) == [200]
+    assert uas.events() == [DtmfReceived("call-1", "5")]
