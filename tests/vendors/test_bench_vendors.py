@@ -6,7 +6,7 @@ from bridge.bench import vendors
 
 
 def test_prints_a_row_per_vendor(capsys):
-    vendors.run(scale=0.1)
+    vendors.run(scale=0.05)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("command: python -m bridge.bench vendors")
     rows = {line.split()[0]: line for line in out[2:]}
