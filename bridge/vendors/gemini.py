@@ -123,11 +123,16 @@ class GeminiAgent(WsAgent):
 
     def translate(self, message: Message) -> Iterable[Action]:
         data = json.loads(message)  # Gemini sends its JSON in text and in binary frames alike
+        if not isinstance(data, dict):
+            raise TypeError("a server message is a JSON object")
         actions: list[Action] = []
-        for key, value in data.items():
-            handler = _HANDLERS.get(key)
-            if handler is not None:
-                actions.extend(handler(self, value))
+        try:
+            for key, value in data.items():
+                handler = _HANDLERS.get(key)
+                if handler is not None:
+                    actions.extend(handler(self, value))
+        except AttributeError as exc:  # a field of the wrong JSON type: garbage, as the runner expects it
+            raise TypeError(str(exc)) from None
         return actions
 
     # -- server messages ------------------------------------------------------------------------------------

@@ -55,6 +55,24 @@ def unknown_keys(model: Any, path: str = "$") -> Iterator[str]:
             yield from unknown_keys(v, f"{path}[{i}]")
 
 
+def random_json(rng: random.Random, keys: list[str], depth: int = 0) -> Any:
+    """A random JSON value whose objects use `keys`: garbage shaped enough to reach deep into a translator."""
+    kind = rng.randrange(7 if depth < 4 else 5)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.randint(-5, 5)
+    if kind == 2:
+        return rng.choice(["", "end_call", "transfer_call", "AAAA", "!!", "user", "assistant"])
+    if kind == 3:
+        return rng.random()
+    if kind == 4:
+        return rng.choice(["", "x"])
+    if kind == 5:
+        return [random_json(rng, keys, depth + 1) for _ in range(rng.randrange(3))]
+    return {rng.choice(keys): random_json(rng, keys, depth + 1) for _ in range(rng.randrange(4))}
+
+
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
     """Poll `predicate` every millisecond until true; AssertionError naming `what` after `timeout` seconds."""
     try:

@@ -28,7 +28,7 @@ from bridge.vendors.base import (
 from bridge.vendors.deepgram import DeepgramAgent, settings_message
 from tests.conftest import make_settings
 from tests.fakes.deepgram_agent import GREETING_BYTE, FakeDeepgram, check_settings
-from tests.fakes.ws_vendor import wait_for
+from tests.fakes.ws_vendor import random_json, wait_for
 
 PROMPT = AgentPrompt(instructions="You are a test agent.", greeting="Hello, how can I help?")
 
@@ -391,3 +391,23 @@ class TestFakeIsHonest:
         await ws.send(json.dumps(settings_message(make_ctx(fake), greeting=False)))
         assert await self.next_error(ws) == "CLIENT_MESSAGE_TIMEOUT"
         await ws.close()
+
+
+def test_garbage_from_the_server_raises_only_what_the_runner_skips():
+    """Invariant: any server message is translated, or raises ValueError/KeyError/TypeError (logged, skipped)."""
+    import random
+
+    agent = DeepgramAgent(make_ctx(FakeDeepgram()))
+    rng = random.Random(2027)
+    types = ["Welcome", "SettingsApplied", "ConversationText", "FunctionCallRequest", "FunctionCallCancelled",
+             "Error", "Warning", "UserStartedSpeaking", "AgentAudioDone"]
+    fields = ["role", "content", "functions", "id", "name", "arguments", "client_side", "code", "description"]
+    for _ in range(5000):
+        message = {"type": rng.choice(types)} | {rng.choice(fields): random_json(rng, fields)
+                                                 for _ in range(rng.randrange(4))}
+        if rng.random() < 0.1:
+            message = random_json(rng, fields)
+        try:
+            list(agent.translate(json.dumps(message)))
+        except (ValueError, KeyError, TypeError):
+            pass

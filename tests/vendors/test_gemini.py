@@ -30,7 +30,7 @@ from bridge.vendors.base import (
 from bridge.vendors.gemini import GeminiAgent, gemini_schema, greeting_message, setup_message
 from tests.conftest import make_settings
 from tests.fakes.gemini_live import FakeGeminiLive, sdk_check, tone
-from tests.fakes.ws_vendor import wait_for
+from tests.fakes.ws_vendor import random_json, wait_for
 
 PROMPT = AgentPrompt(instructions="You are a test agent.", greeting="Hello, how can I help?", voice="Kore")
 
@@ -426,3 +426,20 @@ class TestFakeIsHonest:
         assert (await self.closed_by(fake, resume))[0] == 1007
         stray = {"toolResponse": {"functionResponses": [{"id": "x", "name": "end_call", "response": {}}]}}
         assert (await self.closed_by(fake, self.setup(fake), stray))[0] == 1007
+
+
+def test_garbage_from_the_server_raises_only_what_the_runner_skips():
+    """Invariant: any server message is translated, or raises ValueError/KeyError/TypeError (logged, skipped)."""
+    import random
+
+    agent = GeminiAgent(make_ctx(FakeGeminiLive()))
+    rng = random.Random(2026)
+    keys = ["setupComplete", "serverContent", "modelTurn", "parts", "inlineData", "data", "interrupted",
+            "turnComplete", "toolCall", "functionCalls", "name", "args", "id", "goAway", "timeLeft",
+            "sessionResumptionUpdate", "newHandle", "resumable", "inputTranscription", "text"]
+    for _ in range(5000):
+        message = json.dumps(random_json(rng, keys))
+        try:
+            list(agent.translate(message if rng.random() < 0.5 else message.encode()))
+        except (ValueError, KeyError, TypeError):
+            pass
