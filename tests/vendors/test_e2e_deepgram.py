@@ -107,7 +107,7 @@ async def test_vendor_drop_mid_call_keeps_rtp_flowing_and_reconnects():
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no frame missing on the wire
         gaps = [b[0] - a[0] for a, b in zip(packets, packets[1:], strict=False)]
         print(f"deepgram drop: {len(packets)} RTP packets, largest arrival gap {max(gaps) * 1000:.1f} ms")
-        assert max(gaps) < 0.040 * 2.5  # 20 ms pacing; the issue's 40 ms with headroom for a loaded 2-core box
+        assert max(gaps) <= 0.040, f"RTP gap of {max(gaps) * 1000:.1f} ms"  # the issue: none longer than 40 ms
         assert len(conn.audio) + len(second.audio) > 90 * 160  # caller audio kept flowing to the vendor
         assert await phone.hangup() == 200
 
