@@ -82,8 +82,8 @@ class SipServer:
             port = self._tcp.sockets[0].getsockname()[1]
         self.address = (host, port)
         transport = "UDP" if self._udp else "TCP"
-        self.uas = Uas(UasConfig(host, port, transport, ringing=self.settings.sip_ringing,
-                                 force_rport=self.settings.sip_force_rport))
+        self.uas = Uas(UasConfig(advertised_host(host, self.settings.media_address), port, transport,
+                                 ringing=self.settings.sip_ringing, force_rport=self.settings.sip_force_rport))
 
     def close(self) -> None:
         if self._timer is not None:
@@ -112,6 +112,8 @@ class SipServer:
             log.debug("! SIP from %s:%d dropped: not in SIP_ALLOWED_CIDRS", *source)
             return
         self.uas.unavailable = self._unavailable()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("< %s:%d %s", *source, data.split(b"\r\n", 1)[0][:120].decode("utf-8", "replace"))
         self.uas.receive(data, source, asyncio.get_running_loop().time(), reliable)
         self._pump()
 
@@ -142,6 +144,8 @@ class SipServer:
     def _flush(self) -> None:
         assert self.uas is not None
         for data, dest in self.uas.datagrams():
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("> %s:%d %s", dest[0], dest[1], data.split(b"\r\n", 1)[0][:120].decode("utf-8", "replace"))
             stream = self._streams.get(dest)
             if stream is not None and not stream.is_closing():
                 stream.write(data)
@@ -194,7 +198,10 @@ class SipServer:
             finally:
                 self._starting.pop(call_id, None)
             call.set_sending(media.sending)
-            if not self.uas.answer(call_id, call.local_address, loop.time()):
+            rtp_host, rtp_port = call.local_address
+            if rtp_host in ("0.0.0.0", "::"):
+                rtp_host = self.uas.config.host  # bound to every interface: advertise the signalling address
+            if not self.uas.answer(call_id, (rtp_host, rtp_port), loop.time()):
                 await call.aclose()  # cancelled while the agent connected
                 return
             self._calls[call_id] = call
@@ -261,6 +268,22 @@ class SipControl:
         if 200 <= status < 300 and await self.server.wait_ended(self.call_id, TRANSFER_GRACE):
             return
         await self.hangup("transfer done" if 200 <= status < 300 else f"REFER failed ({status})")
+
+
+def advertised_host(bound: str, media_address: str) -> str:
+    """The address written into Contact, Via and SDP: the bound one, or for a wildcard bind MEDIA_ADDRESS or
+    the address of the interface that carries the default route (no packet is sent to find it)."""
+    if bound not in ("0.0.0.0", "::"):
+        return bound
+    if media_address and media_address not in ("0.0.0.0", "::"):
+        return media_address
+    family = socket.AF_INET6 if bound == "::" else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("2001:db8::1" if family == socket.AF_INET6 else "192.0.2.1", 9))
+            return probe.getsockname()[0]
+        except OSError:
+            return "::1" if family == socket.AF_INET6 else "127.0.0.1"
 
 
 def refer_target(destination: str, host: str) -> str:

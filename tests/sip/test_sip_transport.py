@@ -128,3 +128,11 @@ async def test_shutdown_sends_bye_to_live_calls():
         await asyncio.sleep(0.8)
     (fig,) = await calls
     assert fig.answered and fig.ended_by == "adapter" and fig.sent < 100
+
+
+def test_a_wildcard_bind_never_advertises_the_wildcard():
+    from bridge.sip.transport import advertised_host
+
+    assert advertised_host("127.0.0.1", "") == "127.0.0.1"
+    assert advertised_host("0.0.0.0", "10.1.2.3") == "10.1.2.3"
+    assert advertised_host("0.0.0.0", "") not in ("0.0.0.0", "")
