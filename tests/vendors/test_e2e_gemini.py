@@ -118,6 +118,25 @@ async def test_go_away_mid_call_resumes_with_no_rtp_gap():
         assert await phone.hangup() == 200
 
 
+async def test_dropped_socket_mid_call_resumes_with_its_handle_and_no_rtp_gap():
+    async with FakeGeminiLive(answer_turns=False) as fake, bridge(fake) as (core, phone):
+        assert await phone.call() == 200
+        conn = await fake.connection()
+        player = asyncio.create_task(phone.play(tone_frames(1000, 60)))
+        await asyncio.sleep(0.4)
+        await conn.drop()
+        second = await fake.connection(1)
+        assert second.resumed_from in fake.handles
+        await player
+        await second.wait_audio(640)
+        packets = phone.collect()
+        seqs = [p.sequence for _, p in packets]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        gaps = [b[0] - a[0] for a, b in zip(packets, packets[1:], strict=False)]
+        assert max(gaps) <= 0.040, f"RTP gap of {max(gaps) * 1000:.1f} ms"  # the issue: none longer than 40 ms
+        assert await phone.hangup() == 200
+
+
 async def test_end_call_byes_after_the_goodbye():
     async with FakeGeminiLive(answer_turns=False) as fake, bridge(fake) as (core, phone):
         assert await phone.call() == 200
