@@ -418,8 +418,7 @@ class WsSession:
             try:
                 await ws.send(message)
             except ConnectionClosed:  # the receiver sees the close too and decides what happens next
-                if control:
-                    self.queue.control.appendleft(message)
+                (self.queue.control if control else self.queue.audio).appendleft(message)  # for the next socket
                 return
 
     # -- translation -----------------------------------------------------------------------------------------

@@ -109,6 +109,7 @@ async def test_go_away_mid_call_resumes_with_no_rtp_gap():
         await second.wait_audio(640)
         await second.speak(0.2, 440)
         await wait_for(lambda: sum(p.payload != SILENCE for _, p in phone.collect()) >= 9, 3.0, "the reply")
+        assert len(conn.audio) + len(second.audio) == 75 * 640  # no caller frame lost in the move
         packets = phone.collect()
         seqs = [p.sequence for _, p in packets]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
