@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import shutil
 import socket
@@ -29,12 +30,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _free_media_port() -> int:
+    """An even port with the three above it free too: sipp binds audio RTP/RTCP and video RTP/RTCP there."""
+    for _ in range(200):
+        base = random.randrange(50000, 59990, 2)
+        socks = []
+        try:
+            for port in range(base, base + 4):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise RuntimeError("no free media port block for sipp")
+
+
 async def run_sipp(scenario: str, port: int, workdir: Path, timeout: float = 15.0) -> tuple[int, str]:
     """Run one call of `scenario` against 127.0.0.1:port; returns (exit code, message trace)."""
     trace = workdir / f"{scenario}.msg"
     errors = workdir / f"{scenario}.err"
     args = [SIPP, f"127.0.0.1:{port}", "-sf", str(HERE / f"{scenario}.xml"), "-m", "1", "-l", "1", "-s", "ai",
-            "-i", "127.0.0.1", "-p", str(_free_port()), "-mp", str(_free_port() & ~1), "-nostdin",
+            "-i", "127.0.0.1", "-p", str(_free_port()), "-mp", str(_free_media_port()), "-nostdin",
             "-timeout", f"{int(timeout)}s", "-timeout_error", "-trace_msg", "-message_file", str(trace),
             "-trace_err", "-error_file", str(errors)]
     proc = await asyncio.create_subprocess_exec(*args, cwd=workdir, stdout=asyncio.subprocess.DEVNULL,
