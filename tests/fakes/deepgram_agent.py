@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import random
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +55,33 @@ def sdk_check(message: dict[str, Any]) -> list[str]:
     except pydantic.ValidationError as exc:
         return [f"sdk: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"]
     return [f"sdk: undeclared key {k}" for k in unknown_keys(parsed)]
+
+
+@functools.cache
+def _server_events() -> Any:
+    """deepgram-sdk's server-event union (V1SocketClientResponse) as a TypeAdapter, or None without the SDK."""
+    try:
+        import pydantic
+
+        with warnings.catch_warnings():  # the SDK's socket client imports the deprecated websockets.legacy
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from deepgram.agent.v1.socket_client import V1SocketClientResponse
+    except ImportError:
+        return None
+    return pydantic.TypeAdapter(V1SocketClientResponse)
+
+
+def sdk_server_check(message: dict[str, Any]) -> str | None:
+    """What deepgram-sdk's server-event union rejects in a message the fake sends (None when fine)."""
+    import pydantic
+
+    adapter = _server_events()
+    try:
+        if adapter is not None:
+            adapter.validate_python(message)
+    except pydantic.ValidationError as exc:
+        return str(exc).splitlines()[0]
+    return None
 
 
 def check_settings(s: dict[str, Any]) -> list[str]:
@@ -104,6 +133,8 @@ class DeepgramConnection:
     # -- commands -----------------------------------------------------------------------------------------
 
     async def send(self, message: dict[str, Any]) -> None:
+        problem = sdk_server_check(message)
+        assert problem is None, f"the fake itself sent an invalid message: {problem}"
         await self.ws.send_str(json.dumps(message))
 
     async def speak(self, audio: bytes, text: str = "", *, rng: random.Random | None = None,
