@@ -65,6 +65,7 @@ class Dialog:
     local_media: Address | None = None
     invite_key: tuple[str, ...] = ()
     answer_key: tuple[object, ...] = ()  # what our last SDP said: a change bumps the o= version (RFC 3264 §8)
+    stream_peer: Address | None = None  # the INVITE came over TCP: our requests go back on that connection
 
     @property
     def remote_tag(self) -> str:

@@ -223,6 +223,7 @@ class Uas:
             return
         self._send(txn.respond(message.response(req, 100), now), txn.dest)
         dialog = self._new_dialog(req, neg, server_key(req))
+        dialog.stream_peer = txn.dest if txn.reliable else None
         if self.config.ringing:
             self._reply(txn, 180, now, dialog.local_tag, self._dialog_headers(req))
         self._events.append(IncomingCall(call_id, _user(req.get("from")), _user(req.get("to")) or g.uri_user(req.uri),
@@ -406,12 +407,13 @@ class Uas:
 
     def _send_in_dialog(self, dialog: Dialog, method: str, now: float,
                         extra: list[tuple[str, str]] | None = None) -> None:
-        req = dialog.request(method, self.config.host, self.config.port, self.config.transport, extra)
-        dest = dialog.next_hop()
+        reliable = dialog.stream_peer is not None
+        req = dialog.request(method, self.config.host, self.config.port, "TCP" if reliable else "UDP", extra)
+        dest = dialog.stream_peer or dialog.next_hop()  # connection reuse on TCP, like the responses
         if dest is None:
             self._events.append(RequestDone(dialog.call_id, method, 416))
             return
-        ct = ClientTransaction(dialog.call_id, req, dest, self.config.transport != "UDP", now)
+        ct = ClientTransaction(dialog.call_id, req, dest, reliable, now)
         self._client[ct.branch] = ct
         self._send(ct.data, dest)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import secrets
 
 from bridge.caller import place_calls
@@ -136,3 +137,34 @@ def test_a_wildcard_bind_never_advertises_the_wildcard():
     assert advertised_host("127.0.0.1", "") == "127.0.0.1"
     assert advertised_host("0.0.0.0", "10.1.2.3") == "10.1.2.3"
     assert advertised_host("0.0.0.0", "") not in ("0.0.0.0", "")
+
+
+async def _read_message(reader: asyncio.StreamReader) -> Request | Response:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3.0)
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))
+    return message.parse(head + await reader.readexactly(length), stream=True)
+
+
+async def test_a_call_over_tcp_gets_its_answer_and_our_bye_on_the_same_connection():
+    agent = lambda ctx: ScriptedAgent(ctx, [(0.3, HangupRequest("bye"))])  # noqa: E731
+    async with live_server(agent, sip_transport_type="tcp") as server:
+        reader, writer = await asyncio.open_connection(*server.address)
+        local = writer.get_extra_info("sockname")
+        client = await RawClient.open()  # only to build the INVITE bytes
+        data = invite(client, ("127.0.0.1", 9), "tcp-1").replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+        client.close()
+        writer.write(data)
+        msgs = [await _read_message(reader) for _ in range(2)]
+        assert [m.status for m in msgs] == [100, 200]
+        to = msgs[1].get("to")
+        writer.write((f"ACK sip:sip-to-ai@127.0.0.1 SIP/2.0\r\n"
+                      f"Via: SIP/2.0/TCP {local[0]}:{local[1]};branch=z9hG4bKa\r\n"
+                      f"From: <sip:+15550001@127.0.0.1>;tag=t1\r\nTo: {to}\r\nCall-ID: tcp-1\r\nCSeq: 1 ACK\r\n"
+                      "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+        bye = await _read_message(reader)
+        assert isinstance(bye, Request) and bye.method == "BYE" and "SIP/2.0/TCP" in bye.get("via")
+        writer.write(bytes(message.response(bye, 200)))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        assert not server.core.calls and server.uas is not None and not server.uas._client
+        writer.close()
