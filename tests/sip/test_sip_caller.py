@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bridge.caller import echo_delay_ms, noise_signal, place_calls, summary
+from bridge.caller import echo_delay_ms, noise_signal, place_calls, read_wav, summary
 from tests.sip.sip_live import RawClient, status_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,10 +72,20 @@ async def test_fifty_concurrent_calls_are_answered_and_echo_back(served):
     assert all(f.received > 50 and f.echo_delay_ms is not None for f in figures)
 
 
-def test_the_call_command(served):
+def test_the_call_command_plays_and_records(served, tmp_path):
     asyncio.run(_wait_up(served))
-    out = subprocess.run([sys.executable, "-m", "bridge", "call", f"sip:echo@127.0.0.1:{served}", "--seconds", "1.5"],
+    tone = (8000 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.int16)  # 1 s at 16 kHz
+    with wave.open(str(tmp_path / "in.wav"), "wb") as w:  # 16 kHz: the caller resamples to 8 kHz
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(tone.tobytes())
+    out = subprocess.run([sys.executable, "-m", "bridge", "call", f"sip:echo@127.0.0.1:{served}", "--seconds", "1.5",
+                          "--play", str(tmp_path / "in.wav"), "--record", str(tmp_path / "out.wav")],
                          cwd=ROOT, capture_output=True, text=True, timeout=20)
     print(out.stdout)
     assert out.returncode == 0, out.stderr
-    assert "answered: 1" in out.stdout and "echo delay ms" in out.stdout
+    assert "answered: 1" in out.stdout and "packets: sent 75" in out.stdout
+    heard = read_wav(tmp_path / "out.wav").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(heard))
+    assert abs(np.argmax(spectrum) * 8000 / len(heard) - 440) < 10  # the 440 Hz tone came back
