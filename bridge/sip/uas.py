@@ -442,7 +442,8 @@ class Uas:
                extra: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
         extra = list(extra or []) + [("server", self.config.server)]
         resp = message.response(txn.request, status, tag or new_tag(), extra, body)
-        self.stats[f"{txn.request.method} {status}"] += 1
+        method = txn.request.method if txn.request.method in self._handlers else "other"  # bounded keys
+        self.stats[f"{method} {status}"] += 1
         self._send(txn.respond(resp, now), txn.dest)
 
     def _stamp_via(self, req: Request, source: Address) -> Address:
