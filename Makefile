@@ -18,6 +18,7 @@ serve: $(STAMP)
 # sipp (Debian sip-tester) is the real SIP peer of the tests; installed when missing (needs root).
 test: $(STAMP)
 	@command -v sipp >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester >/dev/null; } || echo "warning: sipp not installed; its tests will be skipped"
+	@command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio >/dev/null; } || echo "warning: kamailio not installed; dialplan/kamailio.cfg's test will be skipped"
 	$(VENV)/bin/ruff check bridge tests
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
