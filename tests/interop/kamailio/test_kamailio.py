@@ -20,6 +20,7 @@ from tests.sip.sip_live import RawClient, ScriptedAgent, live_server, status_of
 
 ROOT = Path(__file__).resolve().parents[3]
 KAMAILIO = shutil.which("kamailio") or (Path("/usr/sbin/kamailio") if Path("/usr/sbin/kamailio").exists() else None)
+MODULES = sorted(str(p) for p in Path("/usr/lib").glob("*/kamailio/modules"))
 pytestmark = pytest.mark.skipif(KAMAILIO is None, reason="kamailio not installed (apt-get install kamailio)")
 
 
@@ -38,6 +39,7 @@ async def kamailio(tmp: Path, adapters: list[int]) -> AsyncIterator[int]:
     proc = await asyncio.create_subprocess_exec(
         str(KAMAILIO), "-DD", "-E", "-f", str(ROOT / "dialplan" / "kamailio.cfg"), "-P", str(tmp / "k.pid"),
         "-Y", str(tmp), "-m", "64", "-M", "8", "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{ds_list}"',
+        *(["-A", f'MPATH="{MODULES[0]}/"'] if MODULES else []),
         stdout=asyncio.subprocess.DEVNULL, stderr=(tmp / "kamailio.log").open("wb"))
     try:
         client = await RawClient.open()
