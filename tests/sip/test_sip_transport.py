@@ -168,3 +168,38 @@ async def test_a_call_over_tcp_gets_its_answer_and_our_bye_on_the_same_connectio
         await asyncio.sleep(0.2)
         assert not server.core.calls and server.uas is not None and not server.uas._client
         writer.close()
+
+
+async def test_hold_stops_our_rtp_and_unhold_moves_it_to_the_new_address():
+    async with live_server() as server:
+        client, media = await RawClient.open(), await RawClient.open()
+        offer = sdp.build(sdp.default_offer(), ("127.0.0.1", media.port), 1, 1, offer=True)
+        invite(client, server.address, "hold-1", offer)
+        ok = await client.final()
+        to = ok.get("to")
+
+        def in_dialog(method: str, cseq: int, body: bytes = b"") -> None:
+            ctype = "Content-Type: application/sdp\r\n" if body else ""
+            client.send((f"{method} sip:sip-to-ai@127.0.0.1:{server.address[1]} SIP/2.0\r\n"
+                         f"Via: SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bK{secrets.token_hex(5)};rport\r\n"
+                         f"Max-Forwards: 70\r\nFrom: <sip:+15550001@127.0.0.1>;tag=t1\r\nTo: {to}\r\n"
+                         f"Call-ID: hold-1\r\nCSeq: {cseq} {method}\r\n"
+                         f"Contact: <sip:caller@127.0.0.1:{client.port}>\r\n{ctype}"
+                         f"Content-Length: {len(body)}\r\n\r\n").encode() + body, server.address)
+
+        in_dialog("ACK", 1)
+        await asyncio.sleep(0.2)
+        assert await media.recv(0.5) is not None  # silence/echo flows to the signalled address
+        call = server._calls["hold-1"]
+        in_dialog("INVITE", 2, offer.replace(b"a=sendrecv", b"a=sendonly"))
+        assert b"a=recvonly" in (await client.final()).body
+        in_dialog("ACK", 2)
+        assert not call.endpoint.sending
+        other = await RawClient.open()
+        in_dialog("INVITE", 3, offer.replace(str(media.port).encode(), str(other.port).encode()))
+        assert b"a=sendrecv" in (await client.final()).body
+        in_dialog("ACK", 3)
+        assert call.endpoint.sending and call.endpoint.leg.remote == ("127.0.0.1", other.port)
+        assert await other.recv(0.5) is not None
+        for sock in (client, media, other):
+            sock.close()
