@@ -226,7 +226,7 @@ class Uas:
         dialog.stream_peer = txn.dest if txn.reliable else None
         if self.config.ringing:
             self._reply(txn, 180, now, dialog.local_tag, self._dialog_headers(req))
-        self._events.append(IncomingCall(call_id, _user(req.get("from")), _user(req.get("to")) or g.uri_user(req.uri),
+        self._events.append(IncomingCall(call_id, _user(req.get("from")), g.uri_user(req.uri) or _user(req.get("to")),
                                          _media(neg), _metadata(req)))
 
     def _new_dialog(self, req: Request, neg: sdp.Negotiated, key: tuple[str, ...]) -> Dialog:
