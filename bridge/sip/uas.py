@@ -315,14 +315,16 @@ class Uas:
         self._events.append(CallEnded(dialog.call_id, "caller hung up"))
 
     def _on_options(self, txn: ServerTransaction, now: float) -> None:
-        if txn.request.name_addr("to").tag and self._dialog_for(txn.request) is None:
+        dialog = self._dialog_for(txn.request)
+        if txn.request.name_addr("to").tag and dialog is None:
             self._reply(txn, 481, now)
             return
+        tag = dialog.local_tag if dialog else ""
         extra = [("allow", ALLOW), ("accept", "application/sdp")]
-        if self.unavailable:
+        if self.unavailable and dialog is None:
             self._reply(txn, 503, now, "", extra + [("retry-after", str(self.config.retry_after))])
         else:
-            self._reply(txn, 200, now, "", extra)
+            self._reply(txn, 200, now, tag, extra)
 
     def _on_info(self, txn: ServerTransaction, now: float) -> None:
         dialog = self._dialog_for(txn.request)
