@@ -195,8 +195,12 @@ def parse(data: bytes, stream: bool = False) -> Request | Response:
         head, sep, body = data.partition(b"\n\n")
     text = head.decode("utf-8", "surrogateescape")
     lines = re.split(r"\r?\n", text)
-    start, headers = lines[0], _headers(lines[1:])
-    request = not start.startswith("SIP/")
+    start, request = lines[0], not lines[0].startswith("SIP/")
+    try:
+        headers = _headers(lines[1:])
+    except SipParseError as exc:
+        exc.request = request  # never answer a broken response
+        raise
     try:
         msg = _start_line(start, headers)
         msg.spelling = _spelling(lines[1:])
@@ -215,11 +219,9 @@ def _headers(lines: list[str]) -> list[tuple[str, str]]:
             unfolded[-1] += " " + line.strip()  # §7.3.1: a folded line continues the header
         else:
             unfolded.append(line)
-    if len(unfolded) > MAX_HEADERS:
-        raise SipParseError(f"{len(unfolded)} header fields (limit {MAX_HEADERS})", 400)
     headers: list[tuple[str, str]] = []
     bad: list[str] = []
-    for line in unfolded:
+    for line in unfolded[:MAX_HEADERS]:
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
         if not colon or not g.TOKEN_RE.match(name) or len(line) > MAX_HEADER_LINE:
@@ -227,6 +229,8 @@ def _headers(lines: list[str]) -> list[tuple[str, str]]:
             continue
         name = g.COMPACT.get(name.lower(), name.lower())
         headers.append((name, value.strip(" \t")))
+    if len(unfolded) > MAX_HEADERS:  # the first ones are kept: a 400 can still be routed by their Via
+        raise SipParseError(f"{len(unfolded)} header fields (limit {MAX_HEADERS})", 400, headers)
     if bad:
         raise SipParseError(f"bad header line {bad[0]!r}", 400, headers)
     return headers

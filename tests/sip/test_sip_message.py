@@ -136,3 +136,10 @@ def test_sip_package_is_sans_io():
                  for alias in node.names} | {node.module for node in ast.walk(tree)
                                              if isinstance(node, ast.ImportFrom) and node.module}
         assert not names & {"asyncio", "socket", "time"}, path.name
+
+
+def test_a_broken_response_is_never_taken_for_a_request():
+    data = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nbad header line\r\n\r\n"
+    with pytest.raises(SipParseError) as info:
+        message.parse(data)
+    assert not info.value.request

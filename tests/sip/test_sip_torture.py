@@ -169,3 +169,30 @@ def test_mutated_torture_messages_only_ever_raise_parse_errors():
         uas.handle_timer(float(i))
         uas.datagrams()
         uas.events()
+
+
+async def test_live_broken_messages_are_answered_400_or_dropped_and_options_still_work():
+    """The parser's broken cases (missing headers, bad Content-Length, bad start line, non-UTF-8, huge) live."""
+    from tests.sip.test_sip_message import INVITE
+
+    broken = [
+        (INVITE.replace(b"i: a84b4c76e66710\r\n", b""), {400}),
+        (INVITE.replace(b"l: 4", b"l: 400"), {400}),
+        (INVITE.replace(b"INVITE sip:bob@example.com SIP/2.0", b"INVITE  sip:bob@example.com SIP/2.0"), {400}),
+        (INVITE.replace(b"X-Customer-Id: 42", b"X-Customer-Id: \xff\xfe"), {400}),
+        (INVITE.replace(b"X-Customer-Id: 42", b"X-Customer-Id: " + b"a" * 9000), {400}),
+        (INVITE.replace(b"X-Customer-Id: 42\r\n", b"X-A: 1\r\n" * 300), {400}),
+        (b"\x00\x01garbage\r\n\r\n", {None}),
+        (INVITE.split(b"\r\nv: ")[0] + b"\r\n\r\n", {None}),  # no Via: nowhere to answer
+    ]
+    async with live_server(sip_force_rport=True) as server:
+        for data, expected in broken:
+            client = await RawClient.open()
+            try:
+                client.send(data, server.address)
+                assert status_of(await client.final(0.4)) in expected, data[:80]
+                client.options(server.address)
+                probe = await client.final(2.0)
+                assert status_of(probe) == 200
+            finally:
+                client.close()
