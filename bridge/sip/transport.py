@@ -17,6 +17,7 @@ from bridge.call import Call, MediaCore
 from bridge.config import Settings
 from bridge.errors import AgentError, NoPortAvailable
 from bridge.media import Address, CallInfo, MediaLeg
+from bridge.pbx.esl.inbound import transfer_a_leg
 from bridge.sip.events import (
     CallCancelled,
     CallEnded,
@@ -206,7 +207,7 @@ class SipServer:
                 return
             self._calls[call_id] = call
             self._pump()
-            reason = await call.run(SipControl(self, call_id))
+            reason = await call.run(SipControl(self, call_id, call))
             log.info("= [%s] SIP call over: %s", call_id, reason)
         finally:
             self._calls.pop(call_id, None)
@@ -239,11 +240,16 @@ class SipServer:
 
 
 class SipControl:
-    """CallControl for a SIP call: hang-up is our BYE, transfer is REFER (or BYE, per SIP_TRANSFER_MODE)."""
+    """CallControl for a SIP call: hang-up is our BYE, transfer is REFER (or BYE, per SIP_TRANSFER_MODE).
 
-    def __init__(self, server: SipServer, call_id: str) -> None:
+    A call that FreeSWITCH bridged to us with X-AI-Call-UUID is transferred by `uuid_transfer` of its A-leg over
+    the ESL inbound connection when one is configured: REFER could only move it within the leg's own context.
+    """
+
+    def __init__(self, server: SipServer, call_id: str, call: Call | None = None) -> None:
         self.server = server
         self.call_id = call_id
+        self.call = call
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -257,6 +263,11 @@ class SipControl:
     async def transfer(self, destination: str) -> None:
         uas = self.server.uas
         assert uas is not None
+        if self.call is not None and await transfer_a_leg(self.call.core, self.call.info.metadata, destination):
+            log.info("> [%s] A-leg transferred to %r by uuid_transfer", self.call_id, destination)
+            if not await self.server.wait_ended(self.call_id, TRANSFER_GRACE):
+                await self.hangup("transfer done")
+            return
         target = refer_target(destination or self.server.settings.transfer_extension,
                               uas.remote_target_host(self.call_id))
         if self.server.settings.sip_transfer_mode == "bye" or not target:

@@ -17,12 +17,13 @@ from bridge.vendors.base import (
 from tests.sip.sip_live import RawClient, ScriptedAgent, live_server, status_of
 
 
-def invite(client: RawClient, dest: tuple[str, int], call_id: str, body: bytes | None = None) -> bytes:
+def invite(client: RawClient, dest: tuple[str, int], call_id: str, body: bytes | None = None,
+           extra_headers: str = "") -> bytes:
     offer = body if body is not None else sdp.build(sdp.default_offer(), ("127.0.0.1", 30000), 1, 1, offer=True)
     data = (f"INVITE sip:ai@{dest[0]}:{dest[1]} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
             "Max-Forwards: 70\r\nFrom: <sip:+15550001@127.0.0.1>;tag=t1\r\nTo: <sip:ai@127.0.0.1>\r\n"
-            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{client.port}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:{client.port}>\r\n{extra_headers}"
             f"Content-Type: application/sdp\r\nContent-Length: {len(offer)}\r\n\r\n").encode() + offer
     client.send(data, dest)
     return data

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from bridge.pbx.esl.inbound import a_leg_uuid, transfer_a_leg
+from bridge.pbx.esl.inbound import a_leg_uuid, serve_esl_inbound, transfer_a_leg
 from bridge.sip.events import IncomingCall
+from bridge.sip.message import Request, Response
 from bridge.sip.uas import Uas, UasConfig
+from bridge.vendors.base import TransferRequest
 from tests.fakes.esl import FakeInboundServer
 from tests.pbx.esl.test_inbound import inbound
+from tests.sip.sip_live import RawClient, ScriptedAgent, live_server, status_of
+from tests.sip.test_sip_transport import invite
 
 A_LEG = "0d5cbb42-6a5b-4b49-9d07-4c9ad0e7a2f1"
 BRIDGE_FILE = Path(__file__).resolve().parents[3] / "freeswitch" / "bridge-to-adapter.xml"
@@ -64,3 +70,40 @@ def test_bridge_snippet_sets_the_headers_this_test_sends():
         pytest.skip("freeswitch/bridge-to-adapter.xml (the SIP responder's file) is not there yet")
     data = " ".join(a.get("data", "") for a in ET.parse(BRIDGE_FILE).iter("action"))
     assert "sip_h_X-AI-Call-UUID=${uuid}" in data and "sip_h_X-AI-Caller=" in data
+
+
+async def test_sip_call_bridged_by_freeswitch_is_transferred_by_uuid_transfer_not_refer():
+    """The whole bridge way: INVITE with the snippet's X-AI-Call-UUID, the agent transfers, ESL inbound acts."""
+    a_leg = "0b8f2a4e-7c1d-4e5f-9a6b-3c2d1e0f4a5b"
+    async with FakeInboundServer(channels={a_leg}) as fake, live_server(
+        lambda ctx: ScriptedAgent(ctx, [(0.2, TransferRequest("3001"))]),
+        esl_inbound=fake.address, transfer_context="sales",
+    ) as server:
+        ready = asyncio.Event()
+        control = asyncio.create_task(serve_esl_inbound(server.core, server.core.settings, ready))
+        await asyncio.wait_for(ready.wait(), 5)
+        client = await RawClient.open()
+        invite(client, server.address, "fs-bridge-1", extra_headers=f"X-AI-Call-UUID: {a_leg}\r\n")
+        ok = await client.final()
+        assert isinstance(ok, Response) and ok.status == 200
+        to = ok.get("to")
+        hdr = (f"Via: SIP/2.0/UDP 127.0.0.1:{client.port};branch=z9hG4bK{secrets.token_hex(4)};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: <sip:+15550001@127.0.0.1>;tag=t1\r\nTo: {to}\r\nCall-ID: fs-bridge-1\r\n")
+        client.send(f"ACK sip:ai@127.0.0.1 SIP/2.0\r\n{hdr}CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n".encode(),
+                    server.address)
+        async with asyncio.timeout(5):
+            while not fake.transfers:
+                await asyncio.sleep(0.02)
+        assert fake.transfers == [f"{a_leg} 3001 XML sales"]
+        # FreeSWITCH now moves the A-leg and hangs up its B-leg to us: a BYE, and never a REFER from us.
+        client.send(f"BYE sip:ai@127.0.0.1 SIP/2.0\r\n{hdr}CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n".encode(),
+                    server.address)
+        seen = []
+        while (msg := await client.recv(0.5)) is not None:
+            seen.append(msg)
+        assert not any(isinstance(m, Request) and m.method == "REFER" for m in seen)
+        assert any(status_of(m) == 200 and isinstance(m, Response) and m.get("cseq") == "2 BYE" for m in seen)
+        await asyncio.sleep(0.1)
+        assert not server.core.calls
+        control.cancel()
+        client.close()
