@@ -1,6 +1,6 @@
 """The call: one media leg to one agent, run as one TaskGroup; and the MediaCore that creates calls.
 
-Uplink: RTP datagram -> RtpReceiver -> converter -> queue -> agent.send_audio.
+Uplink: RTP datagram -> RtpReceiver -> converter -> agent.send_audio (which queues: no task wake-up per packet).
 Downlink: agent events -> converter -> Playout; the shared clock sends one frame per tick.
 Nothing here knows which PBX a call came from: ingresses hand in a CallInfo and a MediaLeg and get back
 the local media address; they implement CallControl for hang-up and transfer.
@@ -36,7 +36,6 @@ from bridge.vendors.base import (
 
 log = logging.getLogger("bridge.call")
 
-UPLINK_QUEUE = 50  # frames (1 s) of caller audio waiting for a slow vendor socket; older ones are dropped
 DRAIN_LIMIT = 30.0  # seconds of goodbye audio an end_call waits for at most
 CLEANUP_TIMEOUT = 5.0  # seconds each release step may take
 
@@ -55,8 +54,6 @@ class Call:
         self.log = log_
         self.playout = Playout(leg.codec.silence, core.settings.playout_max_seconds)
         self.endpoint = RtpEndpoint(leg, self.playout, self._on_media)
-        self._uplink: asyncio.Queue[bytes | str] = asyncio.Queue(UPLINK_QUEUE)
-        self.uplink_dropped = 0
         self._ended = asyncio.Event()
         self.reason = ""
         self._closed = False
@@ -87,7 +84,7 @@ class Call:
 
     def dtmf(self, key: str) -> None:
         """Out-of-band DTMF (ARI, ESL)."""
-        self._enqueue(key)
+        self._on_media(Dtmf(key))
 
     def end(self, reason: str) -> None:
         """The PBX side ended the call; run() returns once everything is released."""
@@ -117,10 +114,9 @@ class Call:
         self.core.clock.register(self.endpoint)
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._pump_uplink()), tg.create_task(self._pump_agent(control))]
+                agent_events = tg.create_task(self._pump_agent(control))
                 await self._ended.wait()
-                for task in tasks:
-                    task.cancel()
+                agent_events.cancel()
         except* AgentError as eg:
             self.reason = self.reason or f"agent failed: {eg.exceptions[0]}"
         except* OSError as eg:
@@ -145,34 +141,25 @@ class Call:
                     await self.agent.aclose()
         stats = self.endpoint.stats
         self.log.info(
-            "x call ended: %s (rtp in %d, out %d, malformed %d, foreign %d, uplink dropped %d)",
+            "x call ended: %s (rtp in %d, out %d, malformed %d, foreign %d)",
             self.reason or "released", stats.received, stats.sent, stats.malformed, stats.foreign,
-            self.uplink_dropped,
         )
 
     # -- the pumps --------------------------------------------------------------------------------------------
 
     def _on_media(self, media: Audio | Dtmf) -> None:
-        if isinstance(media, Audio):
-            self._enqueue(self._to_agent(media.payload))
-        else:
-            self._enqueue(media.key)
-
-    def _enqueue(self, item: bytes | str) -> None:
-        if self._uplink.full():  # the vendor is not keeping up: the oldest audio goes, the call goes on
-            self._uplink.get_nowait()
-            self.uplink_dropped += 1
-        self._uplink.put_nowait(item)
-
-    async def _pump_uplink(self) -> None:
-        assert self.agent is not None
-        while True:
-            item = await self._uplink.get()
-            if isinstance(item, str):
-                self.log.info("< dtmf %s", item)
-                await self.agent.send_dtmf(item)
+        """The uplink, run from the RTP receive callback: caller audio and key presses straight to the agent."""
+        if self.agent is None or self._ended.is_set():
+            return
+        try:
+            if isinstance(media, Audio):
+                self.agent.send_audio(self._to_agent(media.payload))
             else:
-                await self.agent.send_audio(item)
+                self.log.info("< dtmf %s", media.key)
+                self.agent.send_dtmf(media.key)
+        except Exception as exc:  # a broken agent ends its own call, never the RTP socket's other work
+            self.log.exception("! uplink failed")
+            self.end(f"uplink failed: {exc!r}")
 
     async def _pump_agent(self, control: CallControl) -> None:
         assert self.agent is not None

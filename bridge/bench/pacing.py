@@ -79,8 +79,9 @@ def _figures(arrivals: list[list[tuple[int, int]]]) -> dict[str, float]:
         frames = ((ts - ts[0]) % 2**32) // 160  # the frame index by RTP timestamp: re-bases show as gaps
         steps = np.diff(frames)
         errors.append(np.abs(np.diff(t) / 1e6 - 20.0 * steps))
+        # Lateness against the stream's schedule (frame k due k·20 ms after the stream's typical phase).
         offset = t - frames * 20_000_000
-        late += int(np.sum(offset - offset.min() > 1_000_000))  # later than its schedule by over 1 ms
+        late += int(np.sum(offset - np.median(offset) > 1_000_000))  # over 1 ms behind its schedule
         total += len(t)
     if not errors:
         return {"packets": 0}

@@ -2,7 +2,8 @@
 
 An agent is created per call with an AgentContext. The call:
   1. awaits `connect()` (raising AgentRefused when the vendor says no: bad key, quota, unknown model);
-  2. feeds caller audio with `send_audio()` (one or two 20 ms frames, in `input_format`) and DTMF with `send_dtmf()`;
+  2. feeds caller audio with `send_audio()` (one 20 ms frame, in `input_format`) and DTMF with `send_dtmf()`,
+     straight from the RTP receive callback: both are plain methods that queue and return, never block;
   3. consumes `events()` until it ends (AgentClosed is its last event);
   4. awaits `aclose()` in every case.
 
@@ -122,11 +123,11 @@ class Agent(ABC):
         """Open and configure the vendor session. Raises AgentRefused when the vendor refuses it."""
 
     @abstractmethod
-    async def send_audio(self, data: bytes) -> None:
-        """Pass caller audio (in `input_format`) on to the vendor. Never blocks on a slow vendor for long."""
+    def send_audio(self, data: bytes) -> None:
+        """Queue caller audio (in `input_format`) for the vendor and return at once (called per RTP packet)."""
 
-    async def send_dtmf(self, digit: str) -> None:
-        """Tell the agent the caller pressed a key. Default: ignored."""
+    def send_dtmf(self, digit: str) -> None:
+        """Queue a key press for the agent and return at once. Default: ignored."""
         return None
 
     @abstractmethod

@@ -126,7 +126,7 @@ class DeepgramAgent(WsAgent):
         except AttributeError as exc:  # a field of the wrong JSON type: garbage, as the runner expects it
             raise TypeError(str(exc)) from None
 
-    async def send_dtmf(self, digit: str) -> None:
+    def send_dtmf(self, digit: str) -> None:
         """Key presses reach the LLM as a user message ("caller pressed 5")."""
         self.send(_json({"type": "InjectUserMessage", "content": tools.dtmf_text(digit)}))
 

@@ -30,11 +30,11 @@ class EchoAgent(Agent):
     async def connect(self) -> None:
         return None
 
-    async def send_audio(self, data: bytes) -> None:
+    def send_audio(self, data: bytes) -> None:
         self._heard.append((asyncio.get_running_loop().time() + self.lead, data))
         self._arrived.set()
 
-    async def send_dtmf(self, digit: str) -> None:
+    def send_dtmf(self, digit: str) -> None:
         self.ctx.log.info("= echo agent heard DTMF %s", digit)
 
     async def events(self) -> AsyncIterator[AgentEvent]:

@@ -117,7 +117,7 @@ class GeminiAgent(WsAgent):
         blob = {"data": base64.b64encode(data).decode("ascii"), "mimeType": INPUT_MIME}
         return _json({"realtimeInput": {"audio": blob}})
 
-    async def send_dtmf(self, digit: str) -> None:
+    def send_dtmf(self, digit: str) -> None:
         """Key presses reach the model as realtime text ("caller pressed 5")."""
         self.send(_json({"realtimeInput": {"text": tools.dtmf_text(digit)}}))
 

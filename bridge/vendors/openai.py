@@ -147,7 +147,7 @@ class OpenAIAgent(WsAgent):
     def audio_message(self, data: bytes) -> Message:
         return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode()})
 
-    async def send_dtmf(self, digit: str) -> None:
+    def send_dtmf(self, digit: str) -> None:
         """Over websocket DTMF is not an event (§1.6): a user text item, then a response."""
         self.send(json.dumps({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user", "content": [{"type": "input_text", "text": tools.dtmf_text(digit)}]}}))

@@ -511,7 +511,7 @@ class WsAgent(Agent):
     async def connect(self) -> None:
         await self.session.connect()
 
-    async def send_audio(self, data: bytes) -> None:
+    def send_audio(self, data: bytes) -> None:
         self.session.send_audio(self.audio_message(data))
 
     def send(self, message: Message) -> None:

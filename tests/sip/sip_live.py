@@ -33,7 +33,7 @@ class ScriptedAgent(Agent):
         if self.refuse:
             raise AgentRefused("invalid API key (test)")
 
-    async def send_audio(self, data: bytes) -> None:
+    def send_audio(self, data: bytes) -> None:
         return None
 
     async def events(self) -> AsyncIterator[AgentEvent]:

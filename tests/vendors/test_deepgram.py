@@ -143,7 +143,7 @@ class TestAudio:
         conn = await fake.connection()
         frames = [bytes([i % 256]) * 160 for i in range(200)]
         for frame in frames:  # RTP brings a frame every 20 ms; 2 ms here, still 10x real time
-            await agent.send_audio(frame)
+            agent.send_audio(frame)
             await asyncio.sleep(0.002)
         await conn.wait_audio(len(frames) * 160)
         assert bytes(conn.audio) == b"".join(frames)
@@ -214,7 +214,7 @@ class TestDtmfAndKeepAlive:
     async def test_dtmf_is_injected_as_a_user_message(self, fake, session):
         agent, _ = session
         conn = await fake.connection()
-        await agent.send_dtmf("5")
+        agent.send_dtmf("5")
         await wait_for(lambda: any(m["type"] == "InjectUserMessage" for m in conn.messages), what="inject")
         assert {"type": "InjectUserMessage", "content": "caller pressed 5"} in conn.messages
 
@@ -260,7 +260,7 @@ class TestFaults:
             {"type": "History", "role": "assistant", "content": "Hello, how can I help?"},
             {"type": "History", "role": "user", "content": "my order is 42"},
         ]
-        await agent.send_audio(b"\x7f" * 160)
+        agent.send_audio(b"\x7f" * 160)
         await second.wait_audio(160)
         await second.speak(b"\x33" * 480, "still here")
         await events.wait(AgentTurnEnd, 2)
@@ -303,7 +303,7 @@ class TestLongConversation:
         tracemalloc.start()
         try:
             for turn in range(300):
-                await agent.send_audio(bytes([turn % 256]) * 160)
+                agent.send_audio(bytes([turn % 256]) * 160)
                 await conn.user_said(f"turn {turn}")
                 if turn % 10 == 0:
                     await conn.barge_in()

@@ -178,7 +178,7 @@ class TestAudio:
         conn = await fake.connection()
         frames = [np.full(320, i, dtype="<i2").tobytes() for i in range(150)]  # 20 ms at 16 kHz each
         for frame in frames:  # RTP brings a frame every 20 ms; 2 ms here
-            await agent.send_audio(frame)
+            agent.send_audio(frame)
             await asyncio.sleep(0.002)
         await conn.wait_audio(150 * 640)
         assert bytes(conn.audio) == b"".join(frames)
@@ -256,7 +256,7 @@ class TestDtmf:
     async def test_dtmf_is_realtime_text(self, fake, quiet):
         agent, _ = quiet
         conn = await fake.connection()
-        await agent.send_dtmf("5")
+        agent.send_dtmf("5")
         await wait_for(lambda: conn.texts == ["caller pressed 5"], what="dtmf text")
 
 
@@ -270,7 +270,7 @@ class TestResumption:
         await conn.drop()
         second = await fake.connection(1)
         assert second.resumed_from == handle and second.turns == []
-        await agent.send_audio(b"\x00\x01" * 320)
+        agent.send_audio(b"\x00\x01" * 320)
         await second.wait_audio(640)
         assert not events.of(AgentClosed)
 
@@ -336,7 +336,7 @@ class TestLongConversation:
         tracemalloc.start()
         try:
             for turn in range(200):
-                await agent.send_audio(np.full(320, turn, dtype="<i2").tobytes())
+                agent.send_audio(np.full(320, turn, dtype="<i2").tobytes())
                 await conn.transcribe_input(f"question {turn}")
                 pcm = await conn.speak(0.06, 440, f"answer {turn}", done=turn % 7 != 0)
                 if turn % 7 == 0:

@@ -154,7 +154,7 @@ class TestAudio:
         sess = await fake.session()
         frames = [bytes([n % 256]) * 160 for n in range(200)]
         for frame in frames:
-            await h.agent.send_audio(frame)
+            h.agent.send_audio(frame)
             await asyncio.sleep(0.001)  # the call sends a frame per 20 ms; faster here, but not all at once
         async with asyncio.timeout(5):
             while len(sess.audio) < 160 * 200:
@@ -256,7 +256,7 @@ class TestTools:
     async def test_dtmf_is_a_user_text_item_then_a_response(self, fake):
         h = await connected(fake)
         sess = await fake.session()
-        await h.agent.send_dtmf("5")
+        h.agent.send_dtmf("5")
         async with asyncio.timeout(2):
             while "response.create" not in types_sent(sess):
                 await asyncio.sleep(0.005)
@@ -271,7 +271,7 @@ class TestTools:
         sess = await fake.session()
         sess.respond(b"\x11" * 2400)  # 300 ms
         await h.wait_for(AgentAudio)
-        await h.agent.send_dtmf("7")
+        h.agent.send_dtmf("7")
         await asyncio.sleep(0.05)
         assert "response.create" not in types_sent(sess)  # one active response at a time (§1.5)
         await h.wait_for(AgentTurnEnd)
@@ -330,7 +330,7 @@ class TestFaults:
         await h.wait_for(AgentTurnEnd, 2)
         await first.drop()
         for n in range(10):  # caller audio keeps coming meanwhile
-            await h.agent.send_audio(bytes([n]) * 160)
+            h.agent.send_audio(bytes([n]) * 160)
             await asyncio.sleep(0.005)
         second = await fake.session(2)
         assert second.config == first.config  # same session settings
@@ -347,7 +347,7 @@ class TestFaults:
         assert h.audio() == GREETING + b"\x44" * 1600 + b"\x66" * 800
         assert not any(isinstance(e, AgentClosed) for e in h.events)
         for _ in range(5):  # caller audio flows into the new session
-            await h.agent.send_audio(b"\xaa" * 160)
+            h.agent.send_audio(b"\xaa" * 160)
         async with asyncio.timeout(2):
             while not second.audio.endswith(b"\xaa" * 800):
                 await asyncio.sleep(0.01)
@@ -440,7 +440,7 @@ class TestLongConversation:
         try:
             snapshots = []
             for turn in range(300):
-                await h.agent.send_audio(b"\x7f" * 160)
+                h.agent.send_audio(b"\x7f" * 160)
                 await sess.turn(f"question {turn}", reply=b"\x01" * 1600, reply_text=f"answer {turn}")
                 await h.wait_for(AgentTurnEnd)
                 assert Transcript("caller", f"question {turn}") in h.events

@@ -274,7 +274,7 @@ class TestRunnerSession:
             agent = toy(url)
             await agent.connect()
             for ch in "abc":
-                await agent.send_audio(ch.encode())
+                agent.send_audio(ch.encode())
             events = []
             async with asyncio.timeout(3):
                 async for event in agent.events():
@@ -302,7 +302,7 @@ class TestRunnerSession:
             agent = toy(url)
             await agent.connect()
             await wait_until(lambda: peer.received and {"type": "pong"} in peer.received[0])
-            await agent.send_audio(b"x")
+            agent.send_audio(b"x")
             assert (await collect(agent, AgentAudio))[-1] == AgentAudio(b"x")
             await agent.aclose()
 
@@ -338,7 +338,7 @@ class TestRunnerSession:
             await wait_until(lambda: peer.connections == 2 and peer.received[1])
             await wait_until(lambda: {"type": "tool_result"} in peer.received[1])
             assert agent.opened == [False, True] and agent.session.reconnects == 1
-            await agent.send_audio(b"z")
+            agent.send_audio(b"z")
             assert (await collect(agent, AgentAudio))[-1] == AgentAudio(b"z")
             await agent.aclose()
 
@@ -373,7 +373,7 @@ class TestRunnerSession:
             await wait_until(lambda: peer.connections == 2)
             await wait_until(lambda: peer.close_codes)
             assert peer.close_codes == [1000] and agent.opened == [False, True]
-            await agent.send_audio(b"m")
+            agent.send_audio(b"m")
             events = await collect(agent, AgentAudio)
             assert events[-1] == AgentAudio(b"m") and not any(isinstance(e, AgentClosed) for e in events)
             await agent.aclose()
@@ -383,7 +383,7 @@ class TestRunnerSession:
         async with peer as url:
             agent = toy(url)
             await agent.connect()
-            await agent.send_audio(b"q")
+            agent.send_audio(b"q")
             await collect(agent, AgentAudio)
             await agent.aclose()
         left = [t for t in asyncio.all_tasks() if "WsSession" in t.get_coro().__qualname__]

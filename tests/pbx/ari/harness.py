@@ -64,10 +64,10 @@ class ScriptedAgent(Agent):
         if self.refuse:
             raise AgentRefused("401 invalid api key")
 
-    async def send_audio(self, data: bytes) -> None:
+    def send_audio(self, data: bytes) -> None:
         self.heard += len(data)
 
-    async def send_dtmf(self, digit: str) -> None:
+    def send_dtmf(self, digit: str) -> None:
         self.digits.append(digit)
 
     async def events(self) -> AsyncIterator[AgentEvent]:

@@ -50,10 +50,10 @@ class ScriptedAgent(Agent):
     async def connect(self) -> None:
         return None
 
-    async def send_audio(self, data: bytes) -> None:
+    def send_audio(self, data: bytes) -> None:
         self.heard += 1
 
-    async def send_dtmf(self, digit: str) -> None:
+    def send_dtmf(self, digit: str) -> None:
         self.dtmf.append(digit)
 
     async def events(self):
