@@ -70,7 +70,7 @@ def describe(settings: Settings) -> list[str]:
                                                if settings.ai_vendor == "echo" else "")]
     if settings.sip_enabled:
         where = f"{settings.sip_domain}:{settings.sip_port}"
-        lines.append(f"SIP: listening on {settings.sip_transport_type} {where}; "
+        lines.append(f"SIP: {settings.sip_transport_type} {where}; "
                      f"call it: .venv/bin/sip-to-ai call sip:echo@{where}")
         if any(net.prefixlen == 0 for net in settings.sip_allowed_cidrs):
             lines.append("WARNING: SIP_ALLOWED_CIDRS admits every address: anyone can place calls that spend API money")
