@@ -96,7 +96,6 @@ class Call:
 
     async def _start(self, agent_factory: Callable[[AgentContext], Agent]) -> None:
         sock = self.core.ports.bind(self.core.settings.media_host)
-        self.endpoint.local_address = sock.getsockname()[:2]  # so aclose() frees the port if open() is cancelled
         await self.endpoint.open(sock)
         ctx = AgentContext(self.info, self.endpoint.leg.codec, self.core.settings, self.playout.played_ms, self.log)
         self.agent = agent_factory(ctx)

@@ -82,9 +82,9 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.ssrc = random.getrandbits(32)
         self._last_tick: int | None = None
         self._talking = False
-        self._silence = playout.silence_frame
         self.rebased = 0
         self._closed = False
+        self._sock: socket.socket | None = None
         self._sendto: Callable[[bytes, Address], object] = lambda data, address: None
 
     @property
@@ -92,15 +92,17 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         return self.receiver.stats
 
     async def open(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._sock = sock  # owned from here on: close() releases it even if the open below is cancelled
         self.local_address = sock.getsockname()[:2]
+        await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=sock)
         self._sendto = sock.sendto  # the clock sends directly: UDP needs none of the transport's buffering
 
     def close(self) -> None:
         self._closed = True
         if self.transport is not None:
             self.transport.close()
+        elif self._sock is not None:
+            self._sock.close()
 
     def retarget(self, leg: MediaLeg) -> None:
         """New remote address or codec from the signalling: latch afresh."""
@@ -141,7 +143,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         frame = self.playout.pop_frame()
         marker = False
         if frame is None:
-            frame = self._silence
+            frame = self.playout.silence_frame
             self._talking = False
         elif not self._talking:
             self._talking = marker = True  # RFC 3551 §4.1: marker on the first packet of a talkspurt
