@@ -137,6 +137,7 @@ class Settings:
     esl_inbound: tuple[str, int] | None = _env("ESL_INBOUND", None, _hostport)
     esl_password: str = _env("ESL_PASSWORD", "ClueCon", secret=True)
     esl_variables: tuple = _env("ESL_VARIABLES", (), _list)
+    esl_allowed_cidrs: tuple = _env("ESL_ALLOWED_CIDRS", _cidrs("127.0.0.0/8,::1/128"), _cidrs)
 
     # AI vendors
     openai_api_key: str = _env("OPENAI_API_KEY", "", secret=True)

@@ -254,6 +254,12 @@ class OutboundSession:
             self.call.end(reason)
 
 
+def allowed(host: str, networks: tuple) -> bool:
+    """Whether `host` (an IP address) lies in one of `networks`."""
+    address = ipaddress.ip_address(host.split("%")[0])
+    return any(address in net for net in networks)
+
+
 class EslOutboundServer:
     """Listens on ESL_LISTEN; one OutboundSession per connection, all owned by one TaskGroup."""
 
@@ -264,11 +270,18 @@ class EslOutboundServer:
         self.settings = settings
         self.address: Address = settings.esl_listen
         self.sessions: set[OutboundSession] = set()
+        self.refused = 0
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Accept until cancelled; cancelling hangs up every live call of this server."""
         async with asyncio.TaskGroup() as tg:
             def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                peer = writer.get_extra_info("peername")
+                if not allowed(peer[0], self.settings.esl_allowed_cidrs):  # every accepted call spends API money
+                    self.refused += 1
+                    log.warning("! esl connection from %s refused: not in ESL_ALLOWED_CIDRS", peer[0])
+                    writer.close()
+                    return
                 tg.create_task(self._session(reader, writer))
 
             server = await asyncio.start_server(accept, *self.settings.esl_listen)

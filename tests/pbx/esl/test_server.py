@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import random
 import statistics
 
@@ -300,3 +301,12 @@ async def test_a_failed_fork_is_logged(monkeypatch, caplog):
         assert fs.uuid in core.calls  # the call is not dropped for it: the operator decides
         await fs.hangup()
         await until(lambda: not core.calls)
+
+
+async def test_connections_from_outside_the_allowed_networks_are_refused():
+    settings = esl_settings(esl_allowed_cidrs=(ipaddress.ip_network("10.0.0.0/8"),))
+    async with adapter(settings) as (core, server):
+        reader, writer = await asyncio.open_connection(*server.address)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed before a single command
+        writer.close()
+        assert server.refused == 1 and not core.calls and not core.ports.in_use
