@@ -12,7 +12,6 @@ error, warning, drop (TCP abort) and close.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import json
@@ -24,7 +23,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes.ws_vendor import FakeServer, uneven_chunks, unknown_keys, wait_for
+from tests.fakes.ws_vendor import FakeServer, FakeVendor, WsConnection, uneven_chunks, unknown_keys, wait_for
 
 INPUT_ENCODINGS = {"linear16", "linear32", "flac", "alaw", "mulaw", "amr-nb", "amr-wb", "opus", "ogg-opus", "speex",
                    "g729"}
@@ -111,7 +110,7 @@ def check_settings(s: dict[str, Any]) -> list[str]:
 
 
 @dataclass
-class DeepgramConnection:
+class DeepgramConnection(WsConnection):
     """One accepted websocket: what the client sent, and commands a test gives the server."""
 
     ws: web.WebSocketResponse
@@ -167,24 +166,17 @@ class DeepgramConnection:
             {"id": fid, "name": name, "arguments": json.dumps(arguments), "client_side": client_side}]})
         return fid
 
+    @property
+    def tool_answers(self) -> dict[str, Any]:
+        """The client's FunctionCallResponse contents by function call id, parsed."""
+        return {fid: json.loads(response["content"]) for fid, response in self.responses.items()}
+
     async def error(self, code: str, description: str) -> None:
         self.errors_sent.append(code)
         await self.send({"type": "Error", "code": code, "description": description})
 
     async def warning(self, code: str, description: str) -> None:
         await self.send({"type": "Warning", "code": code, "description": description})
-
-    async def drop(self) -> None:
-        """Lose the TCP connection without a closing handshake (a network failure)."""
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self.ws.close(code=code, message=reason.encode())
-
-    async def wait_audio(self, nbytes: int, timeout: float = 5.0) -> None:
-        await wait_for(lambda: len(self.audio) >= nbytes, timeout, f"{nbytes} bytes of caller audio")
 
     # -- protocol -----------------------------------------------------------------------------------------
 
@@ -247,7 +239,7 @@ class DeepgramConnection:
         self.responses[fid] = message
 
 
-class FakeDeepgram:
+class FakeDeepgram(FakeVendor):
     """The fake service: accepts connections at any path, one DeepgramConnection per websocket."""
 
     def __init__(self, api_key: str = "dg-secret-key-123", *, apply_delay: float = 0.02,
@@ -265,16 +257,6 @@ class FakeDeepgram:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self._server.port}/v1/agent/converse"
-
-    async def __aenter__(self) -> FakeDeepgram:
-        await self._server.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for conn in self.connections:
-            with contextlib.suppress(Exception):
-                await conn.ws.close()
-        await self._server.stop()
 
     async def connection(self, n: int = 0, timeout: float = 5.0) -> DeepgramConnection:
         """The n-th connection (0-based) once it exists and its Settings are applied."""

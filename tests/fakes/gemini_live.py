@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from tests.fakes.ws_vendor import FakeServer, uneven_chunks, wait_for
+from tests.fakes.ws_vendor import FakeServer, FakeVendor, WsConnection, uneven_chunks, wait_for
 
 PATH = re.compile(r"^/ws/google\.ai\.generativelanguage\.(v1|v1beta|v1alpha)\.GenerativeService\.BidiGenerateContent$")
 INVALID = "Request contains an invalid argument."
@@ -79,7 +79,7 @@ class Rejected(Exception):
 
 
 @dataclass
-class GeminiConnection:
+class GeminiConnection(WsConnection):
     """One accepted websocket: what the client sent, and commands a test gives the server."""
 
     ws: web.WebSocketResponse
@@ -151,6 +151,11 @@ class GeminiConnection:
         await self.resumption_update(resumable=False)  # a resume now would lose the call
         return fid
 
+    @property
+    def tool_answers(self) -> dict[str, Any]:
+        """The client's functionResponse.response by tool call id."""
+        return {fid: response["response"] for fid, response in self.tool_responses.items()}
+
     async def resumption_update(self, resumable: bool = True) -> None:
         if self.setup is None or _get(self.setup, "sessionResumption") is None:
             return
@@ -165,18 +170,6 @@ class GeminiConnection:
         if not self.ws.closed:
             self.server.cut_by_goaway += 1
             await self.close(1000, "connection lifetime reached")
-
-    async def drop(self) -> None:
-        """Lose the TCP connection without a closing handshake (a network failure)."""
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self.ws.close(code=code, message=reason.encode())
-
-    async def wait_audio(self, nbytes: int, timeout: float = 5.0) -> None:
-        await wait_for(lambda: len(self.audio) >= nbytes, timeout, f"{nbytes} bytes of caller audio")
 
     # -- protocol -----------------------------------------------------------------------------------------
 
@@ -257,7 +250,7 @@ class GeminiConnection:
             self.tool_responses[fid] = response
 
 
-class FakeGeminiLive:
+class FakeGeminiLive(FakeVendor):
     """The fake service: one GeminiConnection per websocket; handles issued here can be resumed."""
 
     def __init__(self, api_key: str = "gm-secret-key-789", *, models: tuple[str, ...] = ("gemini-test-live",),
@@ -281,16 +274,6 @@ class FakeGeminiLive:
     def url(self) -> str:
         return (f"ws://127.0.0.1:{self._server.port}/ws/"
                 "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent")
-
-    async def __aenter__(self) -> FakeGeminiLive:
-        await self._server.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for conn in self.connections:
-            with contextlib.suppress(Exception):
-                await conn.ws.close()
-        await self._server.stop()
 
     def new_handle(self) -> str:
         handle = f"session-handle-{next(self._handle_ids)}"

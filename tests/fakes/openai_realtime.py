@@ -26,7 +26,6 @@ import base64
 import contextlib
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Union
 
@@ -34,6 +33,8 @@ import pydantic
 from aiohttp import WSMsgType, web
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 from pydantic import Field, TypeAdapter
+
+from tests.fakes.ws_vendor import WsConnection, unknown_keys
 
 CLIENT_EVENTS = TypeAdapter(Annotated[Union[RealtimeClientEvent], Field(discriminator="type")])  # noqa: UP007
 SERVER_EVENTS = TypeAdapter(Annotated[Union[RealtimeServerEvent], Field(discriminator="type")])  # noqa: UP007
@@ -45,17 +46,6 @@ BYTES_PER_MS = {"audio/pcmu": 8, "audio/pcma": 8, "audio/pcm": 48}
 CHUNKS = (480, 1200, 160, 2400, 800, 320, 1920)  # uneven delta sizes in bytes, like the real service's
 ATOMIC = ("format", "turn_detection", "transcription", "noise_reduction")  # replaced whole by session.update
 BETA_CLOSE = (4000, "invalid_request_error.beta_api_shape_disabled")
-
-
-def unknown_keys(m: Any, path: str = "$") -> Iterator[str]:
-    """Keys a pydantic model accepted without declaring them (openai models use extra="allow")."""
-    if isinstance(m, pydantic.BaseModel):
-        yield from (f"{path}.{k}" for k in (m.model_extra or {}))
-        for k in type(m).model_fields:
-            yield from unknown_keys(getattr(m, k), f"{path}.{k}")
-    elif isinstance(m, list | tuple):
-        for i, v in enumerate(m):
-            yield from unknown_keys(v, f"{path}[{i}]")
 
 
 def mask(key: str) -> str:
@@ -89,7 +79,7 @@ class Response:
     done: bool = False
 
 
-class Session:
+class Session(WsConnection):
     """One client connection: its config, what it sent, and the test's commands."""
 
     def __init__(self, fake: FakeRealtime, ws: web.WebSocketResponse, request: web.Request, model: str) -> None:
@@ -177,15 +167,6 @@ class Session:
                          "usage": {"type": "duration", "seconds": ms / 1000}})
         td = self.config["audio"]["input"].get("turn_detection") or {}
         return self.respond(reply, reply_text) if td.get("create_response") and reply else None
-
-    async def drop(self) -> None:
-        """Kill the TCP connection without a closing handshake."""
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        await self.ws.close(code=code, message=reason.encode())
 
     # -- streaming ---------------------------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
-"""What the Deepgram and Gemini fakes share: an aiohttp websocket app on loopback, uneven chunking, unknown keys."""
+"""What the vendor fakes share: a websocket app on loopback, connection commands, uneven chunks, unknown keys."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -31,6 +32,43 @@ class FakeServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+class FakeVendor:
+    """A fake service as an async context manager: its FakeServer runs inside, its connections close on exit."""
+
+    _server: FakeServer
+    connections: list
+
+    async def __aenter__(self) -> Self:
+        await self._server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for conn in self.connections:
+            with contextlib.suppress(Exception):
+                await conn.ws.close()
+        await self._server.stop()
+
+
+class WsConnection:
+    """Commands every fake's connection takes: it has `ws` (the server side), `request` and caller `audio`."""
+
+    ws: web.WebSocketResponse
+    request: web.Request
+    audio: bytearray
+
+    async def drop(self) -> None:
+        """Lose the TCP connection without a closing handshake (a network failure)."""
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+    async def wait_audio(self, nbytes: int, timeout: float = 5.0) -> None:
+        await wait_for(lambda: len(self.audio) >= nbytes, timeout, f"{nbytes} bytes of caller audio")
 
 
 def uneven_chunks(data: bytes, rng: random.Random, low: int, high: int, align: int = 1) -> Iterator[bytes]:

@@ -5,20 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
-import tracemalloc
-from collections.abc import AsyncIterator
 
 import pytest
 
 from bridge.config import AgentPrompt
 from bridge.errors import AgentRefused
-from bridge.media import CallInfo, Codec
+from bridge.media import Codec
 from bridge.vendors.base import (
     AgentAudio,
     AgentClosed,
     AgentContext,
-    AgentEvent,
     AgentInterrupted,
     AgentTurnEnd,
     HangupRequest,
@@ -26,9 +22,10 @@ from bridge.vendors.base import (
     TransferRequest,
 )
 from bridge.vendors.deepgram import DeepgramAgent, settings_message
-from tests.conftest import make_settings
 from tests.fakes.deepgram_agent import GREETING_BYTE, FakeDeepgram, check_settings
 from tests.fakes.ws_vendor import random_json, wait_for
+from tests.vendors import harness
+from tests.vendors.harness import BridgeMemory, Collector, agent_context, closed_leaving_nothing
 
 PROMPT = AgentPrompt(instructions="You are a test agent.", greeting="Hello, how can I help?")
 
@@ -36,33 +33,7 @@ PROMPT = AgentPrompt(instructions="You are a test agent.", greeting="Hello, how 
 def make_ctx(fake: FakeDeepgram, codec: Codec = Codec.PCMU, prompt: AgentPrompt = PROMPT, **overrides) -> AgentContext:
     values = dict(ai_vendor="deepgram", deepgram_api_key=fake.api_key, deepgram_ws_endpoint=fake.url,
                   prompt=prompt, reconnect_delay_sec=0.05, ai_connection_timeout_sec=3.0)
-    settings = make_settings(**(values | overrides))
-    log = logging.LoggerAdapter(logging.getLogger("test.deepgram"), {})
-    return AgentContext(CallInfo("call-dg-1", "sip"), codec, settings, lambda item: 0, log)
-
-
-class Collector:
-    """Consumes an agent's events into a list, as the call's agent pump does."""
-
-    def __init__(self, agent: DeepgramAgent) -> None:
-        self.events: list[AgentEvent] = []
-        self._task = asyncio.create_task(self._run(agent.events()))
-
-    async def _run(self, events: AsyncIterator[AgentEvent]) -> None:
-        async for event in events:
-            self.events.append(event)
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def audio(self) -> bytes:
-        return b"".join(e.data for e in self.of(AgentAudio))
-
-    async def wait(self, kind: type, count: int = 1, timeout: float = 5.0) -> None:
-        await wait_for(lambda: len(self.of(kind)) >= count, timeout, f"{count} x {kind.__name__}")
-
-    async def stop(self) -> None:
-        await asyncio.wait_for(self._task, 5.0)
+    return agent_context("call-dg-1", codec, "test.deepgram", **(values | overrides))
 
 
 @pytest.fixture
@@ -73,13 +44,8 @@ async def fake():
 
 @pytest.fixture
 async def session(fake):
-    agent = DeepgramAgent(make_ctx(fake))
-    await agent.connect()
-    events = Collector(agent)
-    yield agent, events
-    await agent.aclose()
-    await events.stop()
-    assert fake.violations == []
+    async with harness.session(DeepgramAgent(make_ctx(fake)), fake) as running:
+        yield running
 
 
 class TestConnect:
@@ -182,24 +148,18 @@ class TestTools:
         _, events = session
         conn = await fake.connection()
         fid = await conn.function_call("end_call", {"reason": "caller said bye"})
-        await events.wait(HangupRequest)
-        assert events.of(HangupRequest) == [HangupRequest("caller said bye")]
-        await wait_for(lambda: fid in conn.responses, what="FunctionCallResponse")
-        assert json.loads(conn.responses[fid]["content"]) == {"ok": True}
+        assert await harness.tool_answer(conn, fid, events, HangupRequest("caller said bye")) == {"ok": True}
 
     async def test_transfer_call(self, fake, session):
         _, events = session
         conn = await fake.connection()
         fid = await conn.function_call("transfer_call", {"destination": "sales"})
-        await events.wait(TransferRequest)
-        assert events.of(TransferRequest) == [TransferRequest("sales")]
-        await wait_for(lambda: fid in conn.responses, what="FunctionCallResponse")
+        await harness.tool_answer(conn, fid, events, TransferRequest("sales"))
 
     async def test_unknown_client_function_is_answered_unavailable(self, fake, session):
         conn = await fake.connection()
         fid = await conn.function_call("look_up_order", {"order": "42"})
-        await wait_for(lambda: fid in conn.responses, what="FunctionCallResponse")
-        assert json.loads(conn.responses[fid]["content"])["ok"] is False
+        assert (await harness.tool_answer(conn, fid))["ok"] is False
 
     async def test_server_side_function_is_left_to_deepgram(self, fake, session):
         _, events = session
@@ -299,9 +259,7 @@ class TestLongConversation:
         await agent.connect()
         events = Collector(agent)
         conn = await fake.connection()
-        snapshots = []
-        tracemalloc.start()
-        try:
+        with BridgeMemory() as memory:
             for turn in range(300):
                 agent.send_audio(bytes([turn % 256]) * 160)
                 await conn.user_said(f"turn {turn}")
@@ -313,20 +271,12 @@ class TestLongConversation:
                 assert Transcript("caller", f"turn {turn}") in events.events
                 events.events.clear()  # the call consumes events as they come
                 if turn in (50, 299):
-                    snapshots.append(tracemalloc.take_snapshot().filter_traces(
-                        [tracemalloc.Filter(True, "*/bridge/*")]))
-        finally:
-            tracemalloc.stop()
-        growth = sum(d.size_diff for d in snapshots[1].compare_to(snapshots[0], "filename"))
+                    memory.snapshot()
+        growth = memory.growth()
         assert growth < 64 * 1024, f"bridge memory grew by {growth} bytes over 250 turns"
         await conn.wait_audio(300 * 160)
         assert bytes(conn.audio) == b"".join(bytes([t % 256]) * 160 for t in range(300))
-        await agent.aclose()
-        await events.stop()
-        assert isinstance(events.events[-1], AgentClosed)
-        await asyncio.sleep(0)
-        assert len(asyncio.all_tasks()) <= before
-        assert fake.violations == []
+        await closed_leaving_nothing(agent, events, fake, before)
 
 
 class TestFakeIsHonest:
@@ -394,20 +344,19 @@ class TestFakeIsHonest:
 
 
 def test_garbage_from_the_server_raises_only_what_the_runner_skips():
-    """Invariant: any server message is translated, or raises ValueError/KeyError/TypeError (logged, skipped)."""
     import random
 
-    agent = DeepgramAgent(make_ctx(FakeDeepgram()))
     rng = random.Random(2027)
     types = ["Welcome", "SettingsApplied", "ConversationText", "FunctionCallRequest", "FunctionCallCancelled",
              "Error", "Warning", "UserStartedSpeaking", "AgentAudioDone"]
     fields = ["role", "content", "functions", "id", "name", "arguments", "client_side", "code", "description"]
-    for _ in range(5000):
-        message = {"type": rng.choice(types)} | {rng.choice(fields): random_json(rng, fields)
-                                                 for _ in range(rng.randrange(4))}
-        if rng.random() < 0.1:
-            message = random_json(rng, fields)
-        try:
-            list(agent.translate(json.dumps(message)))
-        except (ValueError, KeyError, TypeError):
-            pass
+
+    def garbage():
+        for _ in range(5000):
+            message = {"type": rng.choice(types)} | {rng.choice(fields): random_json(rng, fields)
+                                                     for _ in range(rng.randrange(4))}
+            if rng.random() < 0.1:
+                message = random_json(rng, fields)
+            yield json.dumps(message)
+
+    harness.translated_or_skipped(DeepgramAgent(make_ctx(FakeDeepgram())), garbage())

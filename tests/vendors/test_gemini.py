@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
-import tracemalloc
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -15,12 +12,11 @@ import pytest
 from bridge.codec import convert, g711
 from bridge.config import AgentPrompt
 from bridge.errors import AgentRefused
-from bridge.media import CallInfo, Codec
+from bridge.media import Codec
 from bridge.vendors.base import (
     AgentAudio,
     AgentClosed,
     AgentContext,
-    AgentEvent,
     AgentInterrupted,
     AgentTurnEnd,
     HangupRequest,
@@ -28,9 +24,10 @@ from bridge.vendors.base import (
     TransferRequest,
 )
 from bridge.vendors.gemini import GeminiAgent, gemini_schema, greeting_message, setup_message
-from tests.conftest import make_settings
 from tests.fakes.gemini_live import FakeGeminiLive, sdk_check, tone
 from tests.fakes.ws_vendor import random_json, wait_for
+from tests.vendors import harness
+from tests.vendors.harness import BridgeMemory, Collector, agent_context, closed_leaving_nothing
 
 PROMPT = AgentPrompt(instructions="You are a test agent.", greeting="Hello, how can I help?", voice="Kore")
 
@@ -39,33 +36,7 @@ def make_ctx(fake: FakeGeminiLive, prompt: AgentPrompt = PROMPT, **overrides) ->
     values = dict(ai_vendor="gemini", gemini_api_key=fake.api_key, gemini_ws_endpoint=fake.url,
                   gemini_model="gemini-test-live", prompt=prompt, reconnect_delay_sec=0.05,
                   ai_connection_timeout_sec=3.0)
-    settings = make_settings(**(values | overrides))
-    log = logging.LoggerAdapter(logging.getLogger("test.gemini"), {})
-    return AgentContext(CallInfo("call-gm-1", "sip"), Codec.PCMU, settings, lambda item: 0, log)
-
-
-class Collector:
-    """Consumes an agent's events into a list, as the call's agent pump does."""
-
-    def __init__(self, agent: GeminiAgent) -> None:
-        self.events: list[AgentEvent] = []
-        self._task = asyncio.create_task(self._run(agent.events()))
-
-    async def _run(self, events: AsyncIterator[AgentEvent]) -> None:
-        async for event in events:
-            self.events.append(event)
-
-    def of(self, kind: type) -> list:
-        return [e for e in self.events if isinstance(e, kind)]
-
-    def audio(self) -> bytes:
-        return b"".join(e.data for e in self.of(AgentAudio))
-
-    async def wait(self, kind: type, count: int = 1, timeout: float = 5.0) -> None:
-        await wait_for(lambda: len(self.of(kind)) >= count, timeout, f"{count} x {kind.__name__}")
-
-    async def stop(self) -> None:
-        await asyncio.wait_for(self._task, 5.0)
+    return agent_context("call-gm-1", Codec.PCMU, "test.gemini", **(values | overrides))
 
 
 @pytest.fixture
@@ -74,29 +45,22 @@ async def fake():
         yield server
 
 
-async def open_session(fake: FakeGeminiLive, prompt: AgentPrompt = PROMPT, **overrides):
-    agent = GeminiAgent(make_ctx(fake, prompt, **overrides))
-    await agent.connect()
-    return agent, Collector(agent)
+def open_session(fake: FakeGeminiLive, prompt: AgentPrompt = PROMPT, **overrides):
+    """GeminiAgent connected and collected; closed on leaving, and the fake saw no breach."""
+    return harness.session(GeminiAgent(make_ctx(fake, prompt, **overrides)), fake)
 
 
 @pytest.fixture
 async def session(fake):
-    agent, events = await open_session(fake)
-    yield agent, events
-    await agent.aclose()
-    await events.stop()
-    assert fake.violations == []
+    async with open_session(fake) as running:
+        yield running
 
 
 @pytest.fixture
 async def quiet(fake):
     """A session without a greeting, so tests start from silence."""
-    agent, events = await open_session(fake, AgentPrompt(instructions="x"))
-    yield agent, events
-    await agent.aclose()
-    await events.stop()
-    assert fake.violations == []
+    async with open_session(fake, AgentPrompt(instructions="x")) as running:
+        yield running
 
 
 class TestSetup:
@@ -137,12 +101,8 @@ class TestSetup:
             "n": {"type": "INTEGER", "description": "d"}, "xs": {"type": "ARRAY", "items": {"type": "STRING"}}}}
 
     async def test_json_in_text_frames_works_too(self):
-        async with FakeGeminiLive(binary_frames=False) as fake:
-            agent, events = await open_session(fake)
+        async with FakeGeminiLive(binary_frames=False) as fake, open_session(fake) as (_, events):
             await events.wait(AgentTurnEnd)
-            await agent.aclose()
-            await events.stop()
-            assert fake.violations == []
 
 
 class TestGreeting:
@@ -156,15 +116,12 @@ class TestGreeting:
         assert events.of(Transcript) == [Transcript("agent", "Hello there caller")]
 
     async def test_greeting_as_realtime_text_when_configured(self):
-        async with FakeGeminiLive(answer_text=True) as fake:
-            agent, events = await open_session(fake, gemini_greeting="realtime_text")
+        async with (FakeGeminiLive(answer_text=True) as fake,
+                    open_session(fake, gemini_greeting="realtime_text") as (_, events)):
             await events.wait(AgentTurnEnd)
             conn = await fake.connection()
             assert conn.turns == [] and "Hello, how can I help?" in conn.texts[0]
             assert events.audio() == tone(440, fake.greeting_seconds)
-            await agent.aclose()
-            await events.stop()
-            assert fake.violations == []
 
     async def test_no_greeting_configured_no_turn(self, fake, quiet):
         conn = await fake.connection()
@@ -232,24 +189,18 @@ class TestTools:
         _, events = quiet
         conn = await fake.connection()
         fid = await conn.tool_call("end_call", {"reason": "done"})
-        await events.wait(HangupRequest)
-        assert events.of(HangupRequest) == [HangupRequest("done")]
-        await wait_for(lambda: fid in conn.tool_responses, what="toolResponse")
-        assert conn.tool_responses[fid]["response"] == {"ok": True}
+        assert await harness.tool_answer(conn, fid, events, HangupRequest("done")) == {"ok": True}
 
     async def test_transfer_call(self, fake, quiet):
         _, events = quiet
         conn = await fake.connection()
         fid = await conn.tool_call("transfer_call", {"destination": "1001"})
-        await events.wait(TransferRequest)
-        assert events.of(TransferRequest) == [TransferRequest("1001")]
-        await wait_for(lambda: fid in conn.tool_responses, what="toolResponse")
+        await harness.tool_answer(conn, fid, events, TransferRequest("1001"))
 
     async def test_unknown_tool_answered_unavailable(self, fake, quiet):
         conn = await fake.connection()
         fid = await conn.tool_call("check_weather", {})
-        await wait_for(lambda: fid in conn.tool_responses, what="toolResponse")
-        assert conn.tool_responses[fid]["response"]["ok"] is False
+        assert (await harness.tool_answer(conn, fid))["ok"] is False
 
 
 class TestDtmf:
@@ -330,11 +281,11 @@ class TestRefusal:
 class TestLongConversation:
     async def test_hundreds_of_turns_never_stall_flat_memory_no_task_left(self, fake):
         before = len(asyncio.all_tasks())
-        agent, events = await open_session(fake, AgentPrompt(instructions="x"))
+        agent = GeminiAgent(make_ctx(fake, AgentPrompt(instructions="x")))
+        await agent.connect()
+        events = Collector(agent)
         conn = await fake.connection()
-        snapshots = []
-        tracemalloc.start()
-        try:
+        with BridgeMemory() as memory:
             for turn in range(200):
                 agent.send_audio(np.full(320, turn, dtype="<i2").tobytes())
                 await conn.transcribe_input(f"question {turn}")
@@ -347,19 +298,11 @@ class TestLongConversation:
                                                  Transcript("agent", f"answer {turn}")]
                 events.events.clear()  # the call consumes events as they come
                 if turn in (40, 199):
-                    snapshots.append(tracemalloc.take_snapshot().filter_traces(
-                        [tracemalloc.Filter(True, "*/bridge/*")]))
-        finally:
-            tracemalloc.stop()
-        growth = sum(d.size_diff for d in snapshots[1].compare_to(snapshots[0], "filename"))
+                    memory.snapshot()
+        growth = memory.growth()
         assert growth < 64 * 1024, f"bridge memory grew by {growth} bytes over 160 turns"
         await conn.wait_audio(200 * 640)
-        await agent.aclose()
-        await events.stop()
-        assert isinstance(events.events[-1], AgentClosed)
-        await asyncio.sleep(0)
-        assert len(asyncio.all_tasks()) <= before
-        assert fake.violations == []
+        await closed_leaving_nothing(agent, events, fake, before)
 
 
 def test_audio_message_is_base64_pcm_with_rate():
@@ -429,17 +372,16 @@ class TestFakeIsHonest:
 
 
 def test_garbage_from_the_server_raises_only_what_the_runner_skips():
-    """Invariant: any server message is translated, or raises ValueError/KeyError/TypeError (logged, skipped)."""
     import random
 
-    agent = GeminiAgent(make_ctx(FakeGeminiLive()))
     rng = random.Random(2026)
     keys = ["setupComplete", "serverContent", "modelTurn", "parts", "inlineData", "data", "interrupted",
             "turnComplete", "toolCall", "functionCalls", "name", "args", "id", "goAway", "timeLeft",
             "sessionResumptionUpdate", "newHandle", "resumable", "inputTranscription", "text"]
-    for _ in range(5000):
-        message = json.dumps(random_json(rng, keys))
-        try:
-            list(agent.translate(message if rng.random() < 0.5 else message.encode()))
-        except (ValueError, KeyError, TypeError):
-            pass
+
+    def garbage():
+        for _ in range(5000):
+            message = json.dumps(random_json(rng, keys))
+            yield message if rng.random() < 0.5 else message.encode()
+
+    harness.translated_or_skipped(GeminiAgent(make_ctx(FakeGeminiLive())), garbage())

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import tracemalloc
 
 import pytest
 
 from bridge.config import AgentPrompt
 from bridge.errors import AgentRefused
-from bridge.media import CallInfo, Codec
+from bridge.media import Codec
 from bridge.vendors.base import (
     AgentAudio,
     AgentClosed,
-    AgentContext,
     AgentInterrupted,
     AgentTurnEnd,
     HangupRequest,
@@ -22,8 +19,8 @@ from bridge.vendors.base import (
     TransferRequest,
 )
 from bridge.vendors.openai import OpenAIAgent, azure_url, openai_url
-from tests.conftest import make_settings
 from tests.fakes.openai_realtime import CLIENT_EVENTS, FakeRealtime, unknown_keys
+from tests.vendors.harness import BridgeMemory, agent_context
 
 KEY = "sk-test-0123456789"
 GREETING = bytes(range(256)) * 10  # 2560 bytes = 320 ms of G.711, distinct values so order shows
@@ -73,10 +70,7 @@ def make_agent(url: str, played: Played | None = None, codec: Codec = Codec.PCMU
     fields = dict(ai_vendor="openai", openai_api_key=KEY, openai_ws_endpoint=url, reconnect_delay_sec=0.02,
                   max_reconnect_attempts=3, ai_connection_timeout_sec=3.0)
     fields.update(overrides)
-    settings = make_settings(**fields)
-    log = logging.LoggerAdapter(logging.getLogger("test.openai"), {})
-    ctx = AgentContext(CallInfo("call-1", "sip"), codec, settings, played or Played(), log)
-    return OpenAIAgent(ctx)
+    return OpenAIAgent(agent_context("call-1", codec, "test.openai", played or Played(), **fields))
 
 
 @pytest.fixture
@@ -436,9 +430,7 @@ class TestLongConversation:
         fake.speed = 1000.0
         h = await connected(fake)
         sess = await fake.session()
-        tracemalloc.start()
-        try:
-            snapshots = []
+        with BridgeMemory() as memory:
             for turn in range(300):
                 h.agent.send_audio(b"\x7f" * 160)
                 await sess.turn(f"question {turn}", reply=b"\x01" * 1600, reply_text=f"answer {turn}")
@@ -446,11 +438,8 @@ class TestLongConversation:
                 assert Transcript("caller", f"question {turn}") in h.events
                 h.events.clear()  # the call consumes events as they come
                 if turn in (50, 299):
-                    snapshots.append(tracemalloc.take_snapshot().filter_traces(
-                        [tracemalloc.Filter(True, "*/bridge/*")]))
-        finally:
-            tracemalloc.stop()
-        growth = sum(s.size_diff for s in snapshots[1].compare_to(snapshots[0], "filename"))
+                    memory.snapshot()
+        growth = memory.growth()
         assert growth < 16 * 1024, f"bridge memory grew by {growth} bytes over 250 turns"
         assert h.agent.session._events.qsize() == 0  # consumed as it came
         assert not h.agent.session.queue.audio and not h.agent.session.queue.control

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.server import serve
@@ -219,6 +221,39 @@ async def wait_until(predicate, timeout: float = 3.0) -> None:
             await asyncio.sleep(0.005)
 
 
+@contextlib.asynccontextmanager
+async def connected(peer: Peer | None = None, **overrides) -> AsyncIterator[tuple[Peer, ToyAgent]]:
+    """A toy agent connected to `peer` (a fresh one by default); closed again on leaving, before the peer stops."""
+    peer = peer or Peer()
+    async with peer as url:
+        agent = toy(url, **overrides)
+        await agent.connect()
+        yield peer, agent
+        await agent.aclose()
+
+
+async def echoed(agent: WsAgent, data: bytes) -> list:
+    """Send `data` as caller audio; the events up to the peer's echo of it as AgentAudio."""
+    agent.send_audio(data)
+    return await collect(agent, AgentAudio)
+
+
+async def closed_event(agent: WsAgent) -> AgentClosed:
+    """The one AgentClosed among the events to the end of the session."""
+    (last,) = [e for e in await collect(agent) if isinstance(e, AgentClosed)]
+    return last
+
+
+def drop_refusing_503(peer: Peer) -> None:
+    """Cut the first connection; reconnects are answered HTTP 503 until the test clears `peer.http_status`."""
+    peer.http_status = 503
+    peer.live[0].transport.abort()
+
+
+def ws_tasks_left() -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if "WsSession" in t.get_coro().__qualname__]
+
+
 class TestRunnerConnect:
     async def test_http_refusal_names_status_and_hides_the_secret(self):
         peer = Peer()
@@ -269,10 +304,7 @@ class TestRunnerConnect:
 
 class TestRunnerSession:
     async def test_audio_round_trip_then_clean_close_1000(self):
-        peer = Peer()
-        async with peer as url:
-            agent = toy(url)
-            await agent.connect()
+        async with connected() as (peer, agent):
             for ch in "abc":
                 agent.send_audio(ch.encode())
             events = []
@@ -298,13 +330,9 @@ class TestRunnerSession:
             await ws.send(json.dumps({"type": "ping"}))
 
         peer.on_connect = chatty
-        async with peer as url:
-            agent = toy(url)
-            await agent.connect()
+        async with connected(peer) as (_, agent):
             await wait_until(lambda: peer.received and {"type": "pong"} in peer.received[0])
-            agent.send_audio(b"x")
-            assert (await collect(agent, AgentAudio))[-1] == AgentAudio(b"x")
-            await agent.aclose()
+            assert (await echoed(agent, b"x"))[-1] == AgentAudio(b"x")
 
     async def test_keepalive_after_idle(self):
         peer = Peer()
@@ -316,87 +344,54 @@ class TestRunnerSession:
             await agent.aclose()
 
     async def test_fatal_vendor_error_ends_the_session(self):
-        peer = Peer()
-        async with peer as url:
-            agent = toy(url)
-            await agent.connect()
+        async with connected() as (peer, agent):
             await peer.live[0].send(json.dumps({"type": "oops", "message": "session expired", "fatal": True}))
-            (last,) = [e for e in await collect(agent) if isinstance(e, AgentClosed)]
+            last = await closed_event(agent)
             assert last.error and "session expired" in last.reason
-            await agent.aclose()
 
     async def test_drop_reconnects_resumed_and_keeps_control_messages(self):
-        peer = Peer()
-        async with peer as url:
-            agent = toy(url, reconnect_delay_sec=0.2)
-            await agent.connect()
-            peer.http_status = 503  # the first reconnect fails: the socket stays down a while
-            peer.live[0].transport.abort()
+        async with connected(reconnect_delay_sec=0.2) as (peer, agent):
+            drop_refusing_503(peer)  # the first reconnect fails: the socket stays down a while
             await wait_until(lambda: peer.refused == 1)
             agent.send(json.dumps({"type": "tool_result"}))  # queued while the socket is down
             peer.http_status = None
             await wait_until(lambda: peer.connections == 2 and peer.received[1])
             await wait_until(lambda: {"type": "tool_result"} in peer.received[1])
             assert agent.opened == [False, True] and agent.session.reconnects == 1
-            agent.send_audio(b"z")
-            assert (await collect(agent, AgentAudio))[-1] == AgentAudio(b"z")
-            await agent.aclose()
+            assert (await echoed(agent, b"z"))[-1] == AgentAudio(b"z")
 
     async def test_refusing_close_code_mid_call_is_not_retried(self):
-        peer = Peer()
-        async with peer as url:
-            agent = toy(url)
-            await agent.connect()
+        async with connected() as (peer, agent):
             await peer.live[0].close(4003, "account suspended")
-            (last,) = [e for e in await collect(agent) if isinstance(e, AgentClosed)]
+            last = await closed_event(agent)
             assert last.error and "4003" in last.reason and "account suspended" in last.reason
             assert peer.connections == 1
-            await agent.aclose()
 
     async def test_exhausted_retries_end_with_an_error(self):
-        peer = Peer()
-        async with peer as url:
-            agent = toy(url, max_reconnect_attempts=2)
-            await agent.connect()
-            peer.http_status = 503
-            peer.live[0].transport.abort()
-            (last,) = [e for e in await collect(agent) if isinstance(e, AgentClosed)]
+        async with connected(max_reconnect_attempts=2) as (peer, agent):
+            drop_refusing_503(peer)
+            last = await closed_event(agent)
             assert last.error and "503" in last.reason
-            await agent.aclose()
 
     async def test_vendor_asked_move_opens_a_resumed_connection(self):
-        peer = Peer()
-        async with peer as url:
-            agent = toy(url)
-            await agent.connect()
+        async with connected() as (peer, agent):
             await peer.live[0].send(json.dumps({"type": "move"}))
             await wait_until(lambda: peer.connections == 2)
             await wait_until(lambda: peer.close_codes)
             assert peer.close_codes == [1000] and agent.opened == [False, True]
-            agent.send_audio(b"m")
-            events = await collect(agent, AgentAudio)
+            events = await echoed(agent, b"m")
             assert events[-1] == AgentAudio(b"m") and not any(isinstance(e, AgentClosed) for e in events)
-            await agent.aclose()
 
     async def test_no_task_left_after_close(self):
-        peer = Peer()
-        async with peer as url:
-            agent = toy(url)
-            await agent.connect()
-            agent.send_audio(b"q")
-            await collect(agent, AgentAudio)
+        async with connected() as (_, agent):
+            await echoed(agent, b"q")
             await agent.aclose()
-        left = [t for t in asyncio.all_tasks() if "WsSession" in t.get_coro().__qualname__]
-        assert left == []
+        assert ws_tasks_left() == []
 
 
 async def test_aclose_during_reconnect_is_prompt_and_leaves_nothing_open():
-    peer = Peer()
-    async with peer as url:
-        agent = toy(url, reconnect_delay_sec=5.0, max_reconnect_attempts=3)
-        await agent.connect()
-        peer.http_status = 503  # first retry fails; the next one waits 5 s
-        peer.live[0].transport.abort()
+    async with connected(reconnect_delay_sec=5.0, max_reconnect_attempts=3) as (peer, agent):
+        drop_refusing_503(peer)  # first retry fails; the next one waits 5 s
         await wait_until(lambda: peer.refused == 1)
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -404,5 +399,4 @@ async def test_aclose_during_reconnect_is_prompt_and_leaves_nothing_open():
         assert loop.time() - start < 1.0
         assert await collect(agent) == [AgentClosed("closed by the bridge")]
         assert peer.connections == 1
-    left = [t for t in asyncio.all_tasks() if "WsSession" in t.get_coro().__qualname__]
-    assert left == []
+    assert ws_tasks_left() == []
