@@ -97,7 +97,8 @@ class Call:
     async def _start(self, agent_factory: Callable[[AgentContext], Agent]) -> None:
         sock = self.core.ports.bind(self.core.settings.media_host)
         await self.endpoint.open(sock)
-        ctx = AgentContext(self.info, self.endpoint.leg.codec, self.core.settings, self.playout.played_ms, self.log)
+        ctx = AgentContext(self.info, self.endpoint.leg.codec, self.core.settings, self.playout.played_ms, self.log,
+                           lambda: self.core.draining)
         self.agent = agent_factory(ctx)
         self._bind_converters(self.endpoint.leg)
         async with asyncio.timeout(self.core.settings.ai_connection_timeout_sec + 1):

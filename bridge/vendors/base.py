@@ -96,6 +96,7 @@ class AgentContext:
 
     played_ms(item_id) is how many milliseconds of that reply's audio the caller has actually heard
     (frames that left on the wire), which OpenAI's `conversation.item.truncate` needs after a barge-in.
+    draining() tells whether the process is shutting down.
     """
 
     call: CallInfo
@@ -103,6 +104,7 @@ class AgentContext:
     settings: Settings
     played_ms: Callable[[str], int]
     log: logging.LoggerAdapter
+    draining: Callable[[], bool] = lambda: False  # the process is shutting down: close with 1001 (going away)
 
     @property
     def prompt(self) -> AgentPrompt:

@@ -522,4 +522,4 @@ class WsAgent(Agent):
         return self.session.events()
 
     async def aclose(self) -> None:
-        await self.session.aclose(1000)
+        await self.session.aclose(1001 if self.ctx.draining() else 1000)  # RFC 6455 §7.4.1: 1001 going away

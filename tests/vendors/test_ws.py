@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -320,6 +321,13 @@ class TestRunnerSession:
             assert await collect(agent) == [AgentClosed("closed by the bridge")]
             assert agent.session._owner is None
             await agent.aclose()  # idempotent
+
+    async def test_close_is_1001_going_away_while_the_process_drains(self):
+        async with connected() as (peer, agent):
+            agent.ctx = dataclasses.replace(agent.ctx, draining=lambda: True)
+            await agent.aclose()
+            await wait_until(lambda: peer.close_codes)
+            assert peer.close_codes == [1001]
 
     async def test_replies_and_malformed_messages(self):
         peer = Peer()
