@@ -147,8 +147,11 @@ class StasisApp:
                 session.gone(f"media channel ended ({why})")
 
     async def on_connect(self, reconnected: bool) -> None:
-        """After a reconnect: calls whose channel is gone end; DELETEs that failed meanwhile are retried."""
+        """Serve callers already waiting in Stasis(ARI_APP): their StasisStart was lost while the websocket was
+        down, or while this process was restarting. After a reconnect, first end the calls whose channel is gone
+        and retry the DELETEs that failed meanwhile."""
         if not reconnected:
+            await self._adopt()
             return
         for session in list(self.calls.values()):
             try:
@@ -165,7 +168,7 @@ class StasisApp:
         try:
             channels = await self.ari.list_channels()
         except AriError as exc:
-            log.warning("! ari: cannot list channels after reconnect: %s", exc)
+            log.warning("! ari: cannot list channels: %s", exc)
             return
         for ch in channels:
             app, *args = ch.app_data.split(",")
@@ -174,6 +177,8 @@ class StasisApp:
             if ch.id in self.media_ids or ch.technology in MEDIA_TECHNOLOGIES:
                 continue
             log.info("< %s (%s) entered %s while ARI was disconnected: serving it", ch.id, ch.name, app)
+            for kind, ident in (("channel", f"{ch.id}-media"), ("bridge", f"{ch.id}-bridge")):
+                await self._delete(kind, ident)  # left by a process that died under this caller; 404 when not
             self._start(ch, tuple(args))
 
     # ---- one call -------------------------------------------------------------------------------------------

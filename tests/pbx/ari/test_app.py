@@ -67,6 +67,7 @@ class TestEchoCall:
             await settle_empty(fake, adapter)
         calls = [(m, p) for m, p, _ in fake.requests]
         assert calls == [
+            ("GET", "/channels"),  # at connect: callers already waiting in Stasis are adopted (none here)
             ("POST", f"/channels/{caller}/answer"),
             ("POST", "/channels/externalMedia"),
             ("POST", "/bridges"),
@@ -74,7 +75,7 @@ class TestEchoCall:
             ("DELETE", f"/channels/{caller}-media"),
             ("DELETE", f"/bridges/{caller}-bridge"),
         ]
-        params = fake.requests[1][2]
+        params = fake.requests[2][2]
         assert params["format"] == "ulaw" and params["channelId"] == f"{caller}-media"
         assert params["app"] == "sip-to-ai" and params["external_host"].startswith("127.0.0.1:")
         assert not fake.rejected
@@ -306,3 +307,16 @@ def test_slin16_is_a_configuration_error():
 
     with pytest.raises(ConfigError, match="ARI_FORMAT=slin16"):
         config.load(environ={"ARI_URL": "http://127.0.0.1:8088", "ARI_FORMAT": "slin16"}, dotenv=None)
+
+
+async def test_callers_waiting_in_stasis_are_served_by_a_restarted_adapter(fake, ari_settings):
+    """A process that died left a caller in Stasis (its StasisStart went to nobody): the next one serves it."""
+    async with Adapter(ari_settings):
+        await fake.drop_websockets()
+        caller = fake.call_in(args=("orphan",), source=tone(TONE_HZ))
+    assert caller in fake.channels  # still waiting in Stasis
+    async with Adapter(ari_settings) as adapter:
+        await wait_until(lambda: len(fake.heard(caller)) > 5, what="echo flowing")
+        assert adapter.core.calls[caller].info.metadata["args"] == "orphan"
+        fake.caller_hangup(caller)
+        await settle_empty(fake, adapter)
