@@ -16,7 +16,7 @@ from collections.abc import Callable
 from bridge.clock import SharedClock
 from bridge.codec import convert
 from bridge.config import Settings
-from bridge.errors import AgentError
+from bridge.errors import AgentError, AgentRefused
 from bridge.media import FRAME_MS, Address, CallControl, CallInfo, MediaLeg
 from bridge.rtp.endpoint import PortPool, RtpEndpoint
 from bridge.rtp.playout import Playout
@@ -101,8 +101,12 @@ class Call:
                            lambda: self.core.draining)
         self.agent = agent_factory(ctx)
         self._bind_converters(self.endpoint.leg)
-        async with asyncio.timeout(self.core.settings.ai_connection_timeout_sec + 1):
-            await self.agent.connect()
+        limit = self.core.settings.ai_connection_timeout_sec + 1  # the vendor runner has its own, tighter limit
+        try:
+            async with asyncio.timeout(limit):
+                await self.agent.connect()
+        except TimeoutError:
+            raise AgentRefused(f"the agent did not connect within {limit:g} s") from None
 
     def _bind_converters(self, leg: MediaLeg) -> None:
         assert self.agent is not None
@@ -136,9 +140,11 @@ class Call:
         self.endpoint.close()
         self.core.ports.release(self.local_address[1])
         if self.agent is not None:
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(CLEANUP_TIMEOUT):
                     await self.agent.aclose()
+            except Exception as exc:  # the call is over either way; say why the agent did not close cleanly
+                self.log.warning("! agent did not close cleanly: %r", exc)
         stats = self.endpoint.stats
         self.log.info(
             "x call ended: %s (rtp in %d, out %d, malformed %d, foreign %d)",

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+
+import pytest
 
 from bridge.call import MediaCore
+from bridge.errors import AgentRefused
 from bridge.media import CallInfo, Codec, MediaLeg
 from bridge.rtp.packet import RtpPacket
+from bridge.vendors.echo import EchoAgent
 from tests.conftest import RecordingControl, UdpPeer
 
 
@@ -86,3 +91,14 @@ async def test_a_hundred_short_calls_leave_no_task_socket_or_port(settings):
     assert asyncio.all_tasks() - before == set()
     for p in peers:
         p.transport.close()
+
+
+async def test_an_agent_that_never_connects_is_a_refusal_and_leaves_nothing(settings):
+    class Hanging(EchoAgent):
+        async def connect(self) -> None:
+            await asyncio.sleep(3600)
+
+    core = MediaCore(dataclasses.replace(settings, ai_connection_timeout_sec=0.0), Hanging)
+    with pytest.raises(AgentRefused, match="did not connect"):
+        await core.create_call(CallInfo("slow", "test"), MediaLeg(("127.0.0.1", 9), Codec.PCMU))
+    assert not core.calls and core.ports.in_use == frozenset()
