@@ -53,7 +53,7 @@ exten => _X.,1,Wait(1)
 
 def skip_reason() -> str | None:
     if not BINARY.exists():
-        return f"real Asterisk not built: {BINARY} is absent (run ../shared/asterisk/build.sh)"
+        return f"real Asterisk not installed: {BINARY} is absent (set ASTERISK_PREFIX)"
     return None
 
 
