@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 Address = tuple[str, int]
 
@@ -28,6 +28,18 @@ class Codec(enum.Enum):
     def silence(self) -> int:
         """The byte that encodes digital silence (PCM 0)."""
         return 0xFF if self is Codec.PCMU else 0xD5
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """Audio on a wire (an agent's, a codec converter's end): G.711 at 8 kHz, or PCM16 little-endian mono at `rate`."""
+
+    encoding: Literal["pcmu", "pcma", "pcm16"]
+    rate: int = 8000
+
+    @classmethod
+    def of(cls, codec: Codec) -> AudioFormat:
+        return cls("pcmu" if codec is Codec.PCMU else "pcma", 8000)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,7 @@ import numpy as np
 
 from bridge.codec import g711
 from bridge.codec.resample import StreamResampler
-from bridge.media import SAMPLE_RATE, Codec
-from bridge.vendors.base import AudioFormat
+from bridge.media import SAMPLE_RATE, AudioFormat, Codec
 
 Converter = Callable[[bytes], bytes]
 

@@ -21,20 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bridge.config import AgentPrompt, Settings
-from bridge.media import CallInfo, Codec
-
-
-@dataclass(frozen=True)
-class AudioFormat:
-    """An agent's wire audio: G.711 at 8 kHz, or PCM16 little-endian mono at `rate`."""
-
-    encoding: Literal["pcmu", "pcma", "pcm16"]
-    rate: int = 8000
-
-    @classmethod
-    def of(cls, codec: Codec) -> AudioFormat:
-        return cls("pcmu" if codec is Codec.PCMU else "pcma", 8000)
-
+from bridge.media import AudioFormat, CallInfo, Codec
 
 # ---- events out of an agent -------------------------------------------------------------------------------
 

@@ -7,16 +7,9 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from bridge.media import Codec
+from bridge.media import AudioFormat, Codec
 from bridge.vendors import tools
-from bridge.vendors.base import (
-    AgentAudio,
-    AgentContext,
-    AgentInterrupted,
-    AgentTurnEnd,
-    AudioFormat,
-    Transcript,
-)
+from bridge.vendors.base import AgentAudio, AgentContext, AgentInterrupted, AgentTurnEnd, Transcript
 from bridge.vendors.ws import Action, Endpoint, KeepAlive, Message, Ready, Send, VendorError, WsAgent
 
 # Deepgram closes an idle socket (CLIENT_MESSAGE_TIMEOUT) and asks for a KeepAlive "every 8 s" while no

@@ -11,7 +11,8 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
-from bridge.vendors.base import Agent, AgentAudio, AgentClosed, AgentContext, AgentEvent, AudioFormat
+from bridge.media import AudioFormat
+from bridge.vendors.base import Agent, AgentAudio, AgentClosed, AgentContext, AgentEvent
 
 BATCH = 0.060  # seconds of audio per chunk; delays shorter than this come out as BATCH
 

@@ -7,16 +7,9 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bridge.media import AudioFormat
 from bridge.vendors import tools
-from bridge.vendors.base import (
-    AgentAudio,
-    AgentContext,
-    AgentEvent,
-    AgentInterrupted,
-    AgentTurnEnd,
-    AudioFormat,
-    Transcript,
-)
+from bridge.vendors.base import AgentAudio, AgentContext, AgentEvent, AgentInterrupted, AgentTurnEnd, Transcript
 from bridge.vendors.ws import Action, Endpoint, Message, Ready, Reconnect, Send, WsAgent
 
 INPUT_RATE = 16000  # Gemini's native input rate; stated in every audio chunk's MIME type (vendors.md §3.3)

@@ -16,15 +16,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from bridge.media import AudioFormat
 from bridge.vendors import tools
-from bridge.vendors.base import (
-    AgentAudio,
-    AgentContext,
-    AgentInterrupted,
-    AgentTurnEnd,
-    AudioFormat,
-    Transcript,
-)
+from bridge.vendors.base import AgentAudio, AgentContext, AgentInterrupted, AgentTurnEnd, Transcript
 from bridge.vendors.ws import Action, Endpoint, Message, Ready, Send, VendorError, WsAgent
 
 TRANSCRIBE_MODEL = "gpt-4o-mini-transcribe"  # caller transcripts for the call log (OpenAI only, see below)

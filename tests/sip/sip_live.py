@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Callable
 
 from bridge.call import MediaCore
 from bridge.errors import AgentRefused
+from bridge.media import AudioFormat
 from bridge.sip import message
 from bridge.sip.message import Request, Response
 from bridge.sip.transport import SipServer
-from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent, AudioFormat
+from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent
 from tests.conftest import make_settings
 
 

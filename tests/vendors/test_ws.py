@@ -17,8 +17,8 @@ from websockets.frames import Close
 from websockets.http11 import Response
 
 from bridge.errors import AgentRefused
-from bridge.media import CallInfo, Codec
-from bridge.vendors.base import AgentAudio, AgentClosed, AgentContext, AudioFormat
+from bridge.media import AudioFormat, CallInfo, Codec
+from bridge.vendors.base import AgentAudio, AgentClosed, AgentContext
 from bridge.vendors.ws import (
     Endpoint,
     KeepAlive,

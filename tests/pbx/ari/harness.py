@@ -13,8 +13,9 @@ import pytest
 from bridge.call import MediaCore
 from bridge.config import Settings
 from bridge.errors import AgentRefused
+from bridge.media import AudioFormat
 from bridge.pbx.ari.app import serve_ari
-from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent, AudioFormat
+from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent
 
 
 class Adapter:

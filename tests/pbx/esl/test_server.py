@@ -12,17 +12,9 @@ import pytest
 
 from bridge.call import MediaCore
 from bridge.errors import AgentRefused
-from bridge.media import FRAME_MS
+from bridge.media import FRAME_MS, AudioFormat
 from bridge.pbx.esl.server import EslOutboundServer
-from bridge.vendors.base import (
-    Agent,
-    AgentAudio,
-    AgentEvent,
-    AgentTurnEnd,
-    AudioFormat,
-    HangupRequest,
-    TransferRequest,
-)
+from bridge.vendors.base import Agent, AgentAudio, AgentEvent, AgentTurnEnd, HangupRequest, TransferRequest
 from tests.conftest import make_settings
 from tests.fakes.esl import SILENCE, FakeSocketApp
 
