@@ -21,7 +21,7 @@ from bridge.media import FRAME_MS, Address, CallControl, CallInfo, MediaLeg
 from bridge.rtp.endpoint import PortPool, RtpEndpoint
 from bridge.rtp.playout import Playout
 from bridge.rtp.session import Audio, Dtmf
-from bridge.vendors import base
+from bridge.vendors import registry
 from bridge.vendors.base import (
     Agent,
     AgentAudio,
@@ -238,7 +238,7 @@ class MediaCore:
         call = Call(self, info, leg, CallLog(log, {"call_id": info.call_id}))
         self.calls[info.call_id] = call
         try:
-            await call._start(self._agent_factory or base.make_agent)
+            await call._start(self._agent_factory or registry.create_agent)
         except BaseException:
             call.reason = call.reason or "agent refused"
             await call.aclose()

@@ -127,24 +127,3 @@ class Agent(ABC):
     async def aclose(self) -> None:
         """Close the vendor session (idempotent)."""
 
-
-def make_agent(ctx: AgentContext) -> Agent:
-    """Create the configured vendor's agent for one call (vendor modules are imported on first use)."""
-    vendor = ctx.settings.ai_vendor
-    if vendor == "echo":
-        from bridge.vendors.echo import EchoAgent
-
-        return EchoAgent(ctx)
-    if vendor in ("openai", "azure"):
-        from bridge.vendors.openai import OpenAIAgent
-
-        return OpenAIAgent(ctx)
-    if vendor == "deepgram":
-        from bridge.vendors.deepgram import DeepgramAgent
-
-        return DeepgramAgent(ctx)
-    if vendor == "gemini":
-        from bridge.vendors.gemini import GeminiAgent
-
-        return GeminiAgent(ctx)
-    raise ValueError(f"unknown AI vendor {vendor!r}")
