@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from bridge.call import MediaCore
 from bridge.config import Settings
+from bridge.media import LegTransfer
 
 log = logging.getLogger("bridge")
+
+Ingress = Callable[[MediaCore, Settings], Coroutine[Any, Any, None]]  # runs until cancelled
 
 
 class JsonFormatter(logging.Formatter):
@@ -42,13 +48,24 @@ def setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
-def ingresses(settings: Settings) -> list[tuple[str, object]]:
-    """The (name, serve function) of every ingress the settings switch on."""
-    found: list[tuple[str, object]] = []
+def ingresses(settings: Settings) -> list[tuple[str, Ingress]]:
+    """The (name, serve function) of every ingress the settings switch on, wired to each other where needed.
+
+    The ESL inbound control is the SIP ingress's LegTransfer (uuid_transfer of a FreeSWITCH-bridged call's
+    A-leg): it is handed over here so that bridge/sip and bridge/pbx never import each other.
+    """
+    found: list[tuple[str, Ingress]] = []
+    leg_transfer: LegTransfer | None = None
+    if settings.esl_inbound:
+        from bridge.pbx.esl.inbound import EslInboundControl
+
+        control = EslInboundControl(settings)
+        leg_transfer = control
+        found.append(("esl-inbound", lambda core, settings: control.run()))
     if settings.sip_enabled:
         from bridge.sip.transport import serve_sip
 
-        found.append(("sip", serve_sip))
+        found.append(("sip", functools.partial(serve_sip, leg_transfer=leg_transfer)))
     if settings.ari_url:
         from bridge.pbx.ari.app import serve_ari
 
@@ -57,10 +74,6 @@ def ingresses(settings: Settings) -> list[tuple[str, object]]:
         from bridge.pbx.esl.server import serve_esl
 
         found.append(("esl", serve_esl))
-    if settings.esl_inbound:
-        from bridge.pbx.esl.inbound import serve_esl_inbound
-
-        found.append(("esl-inbound", serve_esl_inbound))
     return found
 
 
@@ -98,7 +111,7 @@ async def serve(settings: Settings, core: MediaCore | None = None) -> None:
         if name in os.environ:
             log.info("%s is accepted but sip-to-ai sizes its own buffers (1 s uplink, PLAYOUT_MAX_SECONDS)", name)
     async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(fn(core, settings), name=name) for name, fn in ingresses(settings)]  # type: ignore[operator]
+        tasks = [tg.create_task(fn(core, settings), name=name) for name, fn in ingresses(settings)]
         if not tasks:
             log.warning("no ingress is configured (SIP_ENABLED=false and no ARI_URL/ESL_LISTEN)")
         await stop.wait()

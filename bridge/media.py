@@ -86,3 +86,19 @@ class CallControl(Protocol):
     async def transfer(self, destination: str) -> None:
         """Hand the caller elsewhere (SIP REFER, ARI continue/redirect, ESL transfer)."""
         ...
+
+
+class LegTransfer(Protocol):
+    """Another way to transfer a call's PBX leg than its ingress's own signalling, which the process hands in.
+
+    The one there is: a SIP call FreeSWITCH bridged to us carries its A-leg's uuid, and the ESL inbound control
+    moves that A-leg by `uuid_transfer` anywhere in the dialplan, where SIP REFER from our B-leg stays within the
+    A-leg's context. The ingress tries this first and falls back to its own way when it returns False.
+    """
+
+    async def transfer(self, info: CallInfo, destination: str) -> bool:
+        """Transfer the leg behind `info` to `destination` (empty: the configured default).
+
+        True when done; False when it does not apply to this call or failed (logged): the ingress falls back.
+        """
+        ...

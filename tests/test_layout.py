@@ -1,4 +1,9 @@
-"""Protocol modules stay sans-I/O: no asyncio or socket imports (architecture habit 1)."""
+"""The architecture's lines, read from the import statements.
+
+Protocol modules stay sans-I/O: no asyncio or socket imports (architecture habit 1). Codecs know nothing of
+vendors; one ingress never imports another (bridge/sip and bridge/pbx); the agent interface knows none of its
+implementations (bridge/vendors/base.py imports no sibling vendor module).
+"""
 
 import ast
 from pathlib import Path
@@ -13,6 +18,56 @@ SANS_IO = [
     ROOT / "rtp" / "playout.py",
     ROOT / "pbx" / "esl" / "protocol.py",
 ]
+
+
+def imports(path: Path) -> set[str]:
+    """Every module `path` imports, by its full dotted name (relative imports resolved)."""
+    package = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}  # `from bridge import vendors`
+    return found
+
+
+def crossings(modules: list[Path], forbidden: tuple[str, ...]) -> list[str]:
+    """`file: module` for every import in `modules` of a module under one of the `forbidden` packages."""
+    return [f"{path.relative_to(ROOT.parent)}: {name}" for path in modules for name in sorted(imports(path))
+            if any(name == f or name.startswith(f + ".") for f in forbidden)]
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def test_codecs_know_nothing_of_vendors():
+    assert crossings(modules("codec"), ("bridge.vendors",)) == []
+
+
+def test_the_sip_ingress_imports_nothing_from_the_pbx_ingresses():
+    assert crossings(modules("sip"), ("bridge.pbx",)) == []
+
+
+def test_the_pbx_ingresses_import_nothing_from_the_sip_ingress():
+    assert crossings(modules("pbx"), ("bridge.sip",)) == []
+
+
+def test_the_pbx_ingresses_do_not_import_each_other():
+    assert crossings(modules("pbx/ari"), ("bridge.pbx.esl",)) == []
+    assert crossings(modules("pbx/esl"), ("bridge.pbx.ari",)) == []
+
+
+def test_the_agent_interface_imports_no_vendor():
+    siblings = tuple(f"bridge.vendors.{p.stem}" for p in modules("vendors") if p.stem not in ("base", "__init__"))
+    assert siblings  # the vendors are there to be kept out
+    assert crossings([ROOT / "vendors" / "base.py"], siblings) == []
 
 
 @pytest.mark.parametrize("path", [p for p in SANS_IO if p.exists()], ids=lambda p: str(p.relative_to(ROOT)))

@@ -16,8 +16,7 @@ import socket
 from bridge.call import Call, MediaCore
 from bridge.config import Settings
 from bridge.errors import AgentError, NoPortAvailable
-from bridge.media import Address, CallInfo, MediaLeg
-from bridge.pbx.esl.inbound import transfer_a_leg
+from bridge.media import Address, CallInfo, LegTransfer, MediaLeg
 from bridge.sip.events import (
     CallCancelled,
     CallEnded,
@@ -40,9 +39,10 @@ MAX_STREAM_BUFFER = 2 * MAX_MESSAGE  # bytes a TCP peer may have buffered withou
 class SipServer:
     """One SIP listener (UDP, TCP or both on the same port) and the calls it carries."""
 
-    def __init__(self, core: MediaCore, settings: Settings) -> None:
+    def __init__(self, core: MediaCore, settings: Settings, leg_transfer: LegTransfer | None = None) -> None:
         self.core = core
         self.settings = settings
+        self.leg_transfer = leg_transfer  # tried before REFER (the ESL inbound control, when ESL_INBOUND is set)
         self.uas: Uas | None = None
         self.address: Address = (settings.sip_domain, settings.sip_port)
         self.denied = 0
@@ -243,7 +243,8 @@ class SipControl:
     """CallControl for a SIP call: hang-up is our BYE, transfer is REFER (or BYE, per SIP_TRANSFER_MODE).
 
     A call that FreeSWITCH bridged to us with X-AI-Call-UUID is transferred by `uuid_transfer` of its A-leg over
-    the ESL inbound connection when one is configured: REFER could only move it within the leg's own context.
+    the ESL inbound connection when one is configured (the server's `leg_transfer`, wired in by bridge/app.py):
+    REFER could only move it within the leg's own context.
     """
 
     def __init__(self, server: SipServer, call_id: str, call: Call | None = None) -> None:
@@ -263,7 +264,8 @@ class SipControl:
     async def transfer(self, destination: str) -> None:
         uas = self.server.uas
         assert uas is not None
-        if self.call is not None and await transfer_a_leg(self.call.core, self.call.info.metadata, destination):
+        by_pbx = self.server.leg_transfer
+        if by_pbx is not None and self.call is not None and await by_pbx.transfer(self.call.info, destination):
             log.info("> [%s] A-leg transferred to %r by uuid_transfer", self.call_id, destination)
             if not await self.server.wait_ended(self.call_id, TRANSFER_GRACE):
                 await self.hangup("transfer done")
@@ -369,6 +371,7 @@ class _Stream(asyncio.Protocol):
         return message
 
 
-async def serve_sip(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None) -> None:
-    """The SIP ingress: runs until cancelled; sets `ready` once bound."""
-    await SipServer(core, settings).run(ready)
+async def serve_sip(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None,
+                    leg_transfer: LegTransfer | None = None) -> None:
+    """The SIP ingress: runs until cancelled; sets `ready` once bound. `leg_transfer` is tried before REFER."""
+    await SipServer(core, settings, leg_transfer).run(ready)

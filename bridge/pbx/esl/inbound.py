@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import weakref
 from collections.abc import Iterator, Mapping
 
-from bridge.call import MediaCore
 from bridge.config import Settings
+from bridge.media import CallInfo
 from bridge.pbx.esl import protocol as esl
 from bridge.pbx.esl.client import EslConnection
 from bridge.pbx.esl.protocol import EslError, EslMessage
@@ -25,9 +24,6 @@ log = logging.getLogger(__name__)
 CALL_UUID_HEADER = "X-AI-Call-UUID"
 AUTH_TIMEOUT = 5.0  # seconds for auth/request and the auth reply; FreeSWITCH sends both at once
 MIN_DELAY, MAX_DELAY = 0.5, 30.0  # reconnect backoff bounds: quick after a blip, 30 s while FreeSWITCH is down
-
-_controls: weakref.WeakKeyDictionary[MediaCore, EslInboundControl] = weakref.WeakKeyDictionary()
-
 
 def backoff(initial: float = MIN_DELAY, maximum: float = MAX_DELAY, factor: float = 2.0) -> Iterator[float]:
     """Reconnect delays: a random first one (no thundering herd after a restart), then doubling up to `maximum`."""
@@ -48,7 +44,10 @@ def a_leg_uuid(metadata: Mapping[str, str]) -> str | None:
 
 
 class EslInboundControl:
-    """One authenticated control connection to FreeSWITCH, kept up for the life of the process."""
+    """One authenticated control connection to FreeSWITCH, kept up for the life of the process.
+
+    It is the process's LegTransfer (bridge.media): bridge/app.py hands it to the SIP ingress at start-up.
+    """
 
     def __init__(self, settings: Settings) -> None:
         if settings.esl_inbound is None:
@@ -135,35 +134,18 @@ class EslInboundControl:
         await conn.checked(esl.api(f"uuid_transfer {uuid} {extension} XML {context}"))
         log.info("> uuid_transfer %s to %s in %s", uuid, extension, context)
 
+    async def transfer(self, info: CallInfo, destination: str) -> bool:
+        """LegTransfer for the SIP ingress: transfer a FreeSWITCH-bridged call's A-leg by `uuid_transfer`.
 
-def control_for(core: MediaCore) -> EslInboundControl | None:
-    """The inbound control connection serving this core, if ESL_INBOUND is configured."""
-    return _controls.get(core)
-
-
-async def transfer_a_leg(core: MediaCore, metadata: Mapping[str, str], destination: str) -> bool:
-    """For the SIP ingress: transfer a FreeSWITCH-bridged call's A-leg by `uuid_transfer`.
-
-    Returns True when done; False when it does not apply (no X-AI-Call-UUID, no ESL_INBOUND) or failed, so the
-    caller falls back to SIP REFER.
-    """
-    control = control_for(core)
-    uuid = a_leg_uuid(metadata)
-    if control is None or uuid is None:
-        return False
-    try:
-        await control.uuid_transfer(uuid, destination)
-    except (ValueError, EslError) as exc:
-        log.warning("! uuid_transfer of %s failed: %s", uuid, exc)
-        return False
-    return True
-
-
-async def serve_esl_inbound(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None) -> None:
-    """The ESL inbound control ingress (ESL_INBOUND): runs until cancelled; sets `ready` once logged in."""
-    control = EslInboundControl(settings)
-    _controls[core] = control
-    try:
-        await control.run(ready)
-    finally:
-        _controls.pop(core, None)
+        Returns True when done; False when it does not apply (no X-AI-Call-UUID) or failed, so the caller falls
+        back to SIP REFER.
+        """
+        uuid = a_leg_uuid(info.metadata)
+        if uuid is None:
+            return False
+        try:
+            await self.uuid_transfer(uuid, destination)
+        except (ValueError, EslError) as exc:
+            log.warning("! uuid_transfer of %s failed: %s", uuid, exc)
+            return False
+        return True

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bridge.pbx.esl.inbound import a_leg_uuid, serve_esl_inbound, transfer_a_leg
+from bridge.pbx.esl.inbound import EslInboundControl, a_leg_uuid
 from bridge.sip.events import IncomingCall
 from bridge.sip.message import Request, Response
 from bridge.sip.uas import Uas, UasConfig
 from bridge.vendors.base import TransferRequest
 from tests.fakes.esl import FakeInboundServer
-from tests.pbx.esl.test_inbound import inbound
+from tests.pbx.esl.test_inbound import bridged, inbound
 from tests.sip.sip_live import RawClient, ScriptedAgent, live_server, status_of
 from tests.sip.test_sip_transport import invite
 
@@ -60,8 +60,8 @@ def test_snippet_headers_arrive_as_call_metadata():
 
 async def test_agent_transfer_of_a_bridged_call_sends_uuid_transfer():
     metadata = incoming_call().metadata
-    async with FakeInboundServer(channels={A_LEG}) as fake, inbound(fake) as core:
-        assert await transfer_a_leg(core, metadata, "3001")
+    async with FakeInboundServer(channels={A_LEG}) as fake, inbound(fake) as control:
+        assert await control.transfer(bridged(metadata), "3001")
         assert fake.commands[-1] == f"api uuid_transfer {A_LEG} 3001 XML sales"
 
 
@@ -80,7 +80,9 @@ async def test_sip_call_bridged_by_freeswitch_is_transferred_by_uuid_transfer_no
         esl_inbound=fake.address, transfer_context="sales",
     ) as server:
         ready = asyncio.Event()
-        control = asyncio.create_task(serve_esl_inbound(server.core, server.core.settings, ready))
+        esl_inbound = EslInboundControl(server.core.settings)
+        server.leg_transfer = esl_inbound  # as bridge/app.py wires the two ingresses
+        control = asyncio.create_task(esl_inbound.run(ready))
         await asyncio.wait_for(ready.wait(), 5)
         client = await RawClient.open()
         invite(client, server.address, "fs-bridge-1", extra_headers=f"X-AI-Call-UUID: {a_leg}\r\n")
