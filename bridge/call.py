@@ -4,6 +4,11 @@ Uplink: RTP datagram -> RtpReceiver -> converter -> agent.send_audio (which queu
 Downlink: agent events -> converter -> Playout; the shared clock sends one frame per tick.
 Nothing here knows which PBX a call came from: ingresses hand in a CallInfo and a MediaLeg and get back
 the local media address; they implement CallControl for hang-up and transfer.
+
+Every ingress takes a call through the same steps, in MediaCore.serve_call, and speaks only its protocol's words
+around them. Admission (`MediaCore.admit()`) comes first, at each protocol's own moment: SIP asks in the UAS
+before an INVITE becomes a call (the UAS answers the 503 itself), ARI and ESL before they answer the channel (a
+refused caller goes back to the dialplan unanswered).
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bridge.clock import SharedClock
 from bridge.codec import convert
 from bridge.config import Settings
-from bridge.errors import AgentError, AgentRefused
+from bridge.errors import AgentError, AgentRefused, NoPortAvailable
 from bridge.media import FRAME_MS, Address, CallControl, CallInfo, MediaLeg
 from bridge.rtp.endpoint import PortPool, RtpEndpoint
 from bridge.rtp.playout import Playout
@@ -38,6 +43,9 @@ log = logging.getLogger("bridge.call")
 
 DRAIN_LIMIT = 30.0  # seconds of goodbye audio an end_call waits for at most
 CLEANUP_TIMEOUT = 5.0  # seconds each release step may take
+# What makes create_call a refusal rather than a failure: the vendor said no (or never connected), the RTP port
+# range is exhausted, or the RTP socket could not be bound (e.g. MEDIA_HOST is not an address of this host).
+REFUSALS = (AgentError, NoPortAvailable, OSError)
 
 
 class CallLog(logging.LoggerAdapter):
@@ -245,6 +253,45 @@ class MediaCore:
             raise
         call.log.info("= call from %r via %s, rtp %s:%d", info.caller, info.ingress, *call.local_address)
         return call
+
+    async def serve_call(self, info: CallInfo, leg: MediaLeg, control: CallControl, *,
+                         refuse: Callable[[Exception], Awaitable[None]],
+                         connect: Callable[[Call], Awaitable[None]],
+                         gone: Callable[[], str]) -> str | None:
+        """One admitted call's whole life: create it, connect its media, run it, release it on every exit path.
+
+        Args:
+            refuse: the ingress's words for a call that could not be created (one of REFUSALS): SIP 503,
+                ARI/ESL back to the dialplan saying why.
+            connect: points the PBX's media at `call.local_address` and learns the PBX's own (SIP 200 OK with the
+                SDP answer, ARI ExternalMedia and a bridge, ESL `unicast`); from here the ingress knows the call.
+            gone: why the PBX side already ended the call ("" while it is up); asked after each setup step, since
+                a caller may hang up while the agent connects or the media is set up.
+
+        Returns:
+            Why the call ended, or None when it was refused.
+
+        Raises:
+            Whatever `connect` raises, after the call is released: the ingress's protocol decides what the
+            caller hears then. CancelledError (CANCEL, shutdown) likewise.
+        """
+        try:
+            call = await self.create_call(info, leg)
+        except REFUSALS as exc:
+            await refuse(exc)
+            return None
+        try:
+            if not gone():
+                await connect(call)
+            if why := gone():
+                call.end(why)
+                return call.reason
+            return await call.run(control)
+        except Exception as exc:
+            call.reason = call.reason or f"setup failed: {exc}"
+            raise
+        finally:
+            await call.aclose()
 
     async def wait_idle(self, timeout: float) -> None:
         """Wait until no call is live, or `timeout` seconds."""

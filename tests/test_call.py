@@ -102,3 +102,69 @@ async def test_an_agent_that_never_connects_is_a_refusal_and_leaves_nothing(sett
     with pytest.raises(AgentRefused, match="did not connect"):
         await core.create_call(CallInfo("slow", "test"), MediaLeg(("127.0.0.1", 9), Codec.PCMU))
     assert not core.calls and core.ports.in_use == frozenset()
+
+
+class Steps:
+    """An ingress's words for MediaCore.serve_call, recorded."""
+
+    def __init__(self, gone_at: str = "", fail: Exception | None = None) -> None:
+        self.said: list[str] = []
+        self.gone_at = gone_at  # "created": the caller hangs up while the agent connects; "connected": during media
+        self.fail = fail
+        self.gone_reason = ""
+
+    async def refuse(self, exc: Exception) -> None:
+        self.said.append(f"refuse {type(exc).__name__}")
+
+    async def connect(self, call) -> None:
+        self.said.append("connect")
+        if self.fail is not None:
+            raise self.fail
+        if self.gone_at == "connected":
+            self.gone_reason = "caller left"
+        else:
+            call.end("over")  # the PBX side ends it at once: run() returns
+
+    def gone(self) -> str:
+        if self.gone_at == "created" and not self.said:
+            self.gone_reason = "caller left"
+        return self.gone_reason
+
+    async def serve(self, core: MediaCore, control=None) -> str | None:
+        leg = MediaLeg(("127.0.0.1", 9), Codec.PCMU)
+        return await core.serve_call(CallInfo("s", "test"), leg, control or RecordingControl(), refuse=self.refuse,
+                                     connect=self.connect, gone=self.gone)
+
+
+class TestServeCall:
+    async def test_a_call_runs_and_is_released(self, settings):
+        core, steps = MediaCore(settings), Steps()
+        assert await steps.serve(core) == "over"
+        assert steps.said == ["connect"] and not core.calls and core.ports.in_use == frozenset()
+
+    async def test_a_vendor_refusal_is_the_ingress_refusal(self, settings):
+        class Refusing(EchoAgent):
+            async def connect(self) -> None:
+                raise AgentRefused("no")
+
+        core, steps = MediaCore(settings, Refusing), Steps()
+        assert await steps.serve(core) is None
+        assert steps.said == ["refuse AgentRefused"] and not core.calls and core.ports.in_use == frozenset()
+
+    async def test_no_rtp_port_is_a_refusal(self, settings):
+        core, steps = MediaCore(dataclasses.replace(settings, rtp_port_min=40000, rtp_port_max=40001)), Steps()
+        with core.ports.bind(settings.media_host):  # the only port of the range is taken
+            assert await steps.serve(core) is None
+        assert steps.said == ["refuse NoPortAvailable"] and not core.calls
+
+    @pytest.mark.parametrize("gone_at, said", [("created", []), ("connected", ["connect"])])
+    async def test_a_caller_gone_during_setup_ends_the_call_without_running_it(self, settings, gone_at, said):
+        core, steps, control = MediaCore(settings), Steps(gone_at), RecordingControl()
+        assert await steps.serve(core, control) == "caller left"
+        assert steps.said == said and control.hangups == [] and not core.calls and core.ports.in_use == frozenset()
+
+    async def test_a_failed_media_setup_releases_the_call_and_is_raised(self, settings):
+        core, steps = MediaCore(settings), Steps(fail=ConnectionResetError("pbx said no"))
+        with pytest.raises(ConnectionResetError):
+            await steps.serve(core)
+        assert not core.calls and core.ports.in_use == frozenset()

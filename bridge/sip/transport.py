@@ -15,7 +15,6 @@ import socket
 
 from bridge.call import Call, MediaCore
 from bridge.config import Settings
-from bridge.errors import AgentError, NoPortAvailable
 from bridge.media import Address, CallInfo, LegTransfer, MediaLeg
 from bridge.sip.events import (
     CallCancelled,
@@ -182,38 +181,45 @@ class SipServer:
     # -- calls -----------------------------------------------------------------------------------------------
 
     async def _run_call(self, event: IncomingCall) -> None:
-        """Create the call, answer, run it; the BYE on the way out if the dialog is still up."""
+        """Serve the call (MediaCore.serve_call) in SIP's words; the BYE on the way out if the dialog is still up."""
         assert self.uas is not None
+        uas = self.uas
         call_id = event.call_id
         media = event.media
         info = CallInfo(call_id, "sip", event.caller, event.callee, event.metadata)
         leg = MediaLeg(media.remote, media.codec, media.payload_type, media.dtmf_payload_type)
         loop = asyncio.get_running_loop()
-        try:
-            try:
-                call = await self.core.create_call(info, leg)
-            except (AgentError, NoPortAvailable) as exc:
-                log.warning("! [%s] call refused: %s", call_id, exc)
-                self.uas.reject(call_id, 503, loop.time(), [("retry-after", "30")])
-                return
-            finally:
-                self._starting.pop(call_id, None)
+        cancelled = ""
+
+        async def refuse(exc: Exception) -> None:
+            self._starting.pop(call_id, None)
+            log.warning("! [%s] call refused: %s", call_id, exc)
+            uas.reject(call_id, 503, loop.time(), [("retry-after", "30")])
+
+        async def answer(call: Call) -> None:
+            nonlocal cancelled
+            self._starting.pop(call_id, None)
             call.set_sending(media.sending)
             rtp_host, rtp_port = call.local_address
             if rtp_host in ("0.0.0.0", "::"):
-                rtp_host = self.uas.config.host  # bound to every interface: advertise the signalling address
-            if not self.uas.answer(call_id, (rtp_host, rtp_port), loop.time()):
-                await call.aclose()  # cancelled while the agent connected
+                rtp_host = uas.config.host  # bound to every interface: advertise the signalling address
+            if not uas.answer(call_id, (rtp_host, rtp_port), loop.time()):  # a CANCEL raced the agent's connect
+                cancelled = "cancelled while the agent connected"
                 return
             self._calls[call_id] = call
             self._pump()
-            reason = await call.run(SipControl(self, call_id, call))
-            log.info("= [%s] SIP call over: %s", call_id, reason)
+
+        try:
+            reason = await self.core.serve_call(info, leg, SipControl(self, call_id, info), refuse=refuse,
+                                                connect=answer, gone=lambda: cancelled)
+            if reason is not None:
+                log.info("= [%s] SIP call over: %s", call_id, reason)
         finally:
+            self._starting.pop(call_id, None)
             self._calls.pop(call_id, None)
             self._ended.pop(call_id, None)
-            if self.uas.in_dialog(call_id):
-                self.uas.hangup(call_id, loop.time())  # shutdown or a failed agent: BYE now, no waiting
+            if uas.in_dialog(call_id):
+                uas.hangup(call_id, loop.time())  # shutdown or a failed agent: BYE now, no waiting
             self._pump()
 
     async def request_and_wait(self, call_id: str, method: str, start: bool) -> int:
@@ -247,10 +253,10 @@ class SipControl:
     REFER could only move it within the leg's own context.
     """
 
-    def __init__(self, server: SipServer, call_id: str, call: Call | None = None) -> None:
+    def __init__(self, server: SipServer, call_id: str, info: CallInfo) -> None:
         self.server = server
         self.call_id = call_id
-        self.call = call
+        self.info = info
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -265,7 +271,7 @@ class SipControl:
         uas = self.server.uas
         assert uas is not None
         by_pbx = self.server.leg_transfer
-        if by_pbx is not None and self.call is not None and await by_pbx.transfer(self.call.info, destination):
+        if by_pbx is not None and await by_pbx.transfer(self.info, destination):
             log.info("> [%s] A-leg transferred to %r by uuid_transfer", self.call_id, destination)
             if not await self.server.wait_ended(self.call_id, TRANSFER_GRACE):
                 await self.hangup("transfer done")

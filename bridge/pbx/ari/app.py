@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from bridge.call import Call, MediaCore
 from bridge.config import Settings
-from bridge.errors import AgentError, ConfigError, NoPortAvailable
+from bridge.errors import ConfigError
 from bridge.media import Address, CallInfo, Codec, MediaLeg
 from bridge.pbx.ari.client import AriClient, AriError
 from bridge.pbx.ari.models import (
@@ -209,18 +209,19 @@ class StasisApp:
         if ch.state != "Up":
             await self.ari.answer(ch.id)
         info = CallInfo(ch.id, "ari", ch.caller_number, ch.exten, await self._metadata(ch, args))
-        try:
-            session.call = await self.core.create_call(info, MediaLeg(remote=None, codec=self.codec))
-        except (AgentError, NoPortAvailable, TimeoutError, OSError) as exc:
+
+        async def refuse(exc: Exception) -> None:
             await self._refuse(ch, f"{type(exc).__name__}: {exc}")
-            return
-        if session.gone_reason:
-            session.call.end(session.gone_reason)
-            return
-        remote = await self._bridge_media(session, session.call.local_address)
-        session.call.update_media(MediaLeg(remote=remote, codec=self.codec))
-        reason = await session.call.run(session)
-        log.info("x ari call %s ended: %s", ch.id, reason)
+
+        async def connect(call: Call) -> None:
+            session.call = call
+            remote = await self._bridge_media(session, call.local_address)
+            call.update_media(MediaLeg(remote=remote, codec=self.codec))
+
+        reason = await self.core.serve_call(info, MediaLeg(remote=None, codec=self.codec), session, refuse=refuse,
+                                            connect=connect, gone=lambda: session.gone_reason)
+        if reason is not None:
+            log.info("x ari call %s ended: %s", ch.id, reason)
 
     async def _bridge_media(self, session: AriCall, local: Address) -> Address:
         """ExternalMedia towards our RTP socket, a mixing bridge with both channels; returns Asterisk's RTP address."""

@@ -17,7 +17,7 @@ import uuid as uuidlib
 
 from bridge.call import Call, CallLog, MediaCore
 from bridge.config import Settings
-from bridge.errors import AgentRefused, BridgeError, NoPortAvailable
+from bridge.errors import BridgeError
 from bridge.media import Address, CallInfo, Codec, MediaLeg
 from bridge.pbx.esl import protocol as esl
 from bridge.pbx.esl.client import EslConnection
@@ -91,6 +91,7 @@ class OutboundSession:
         self.finished = asyncio.Event()  # FreeSWITCH is done with the socket (disconnect-notice or EOF)
         self._completions: dict[str, asyncio.Future[EslEvent]] = {}
         self._fork: tuple[Address, Address] = (("", 0), ("", 0))  # FreeSWITCH's unicast side, ours
+        self._watchdog: asyncio.TimerHandle | None = None  # warns when no unicast audio arrives
 
     async def run(self) -> None:
         """Handle the connection until FreeSWITCH or the call ends it; never raises BridgeError/OSError."""
@@ -134,23 +135,23 @@ class OutboundSession:
             await self._refuse(f"channel codec {channel.get('Channel-Read-Codec-Name')!r} is not G.711: "
                                "set absolute_codec_string=PCMU,PCMA before the socket app")
             return
-        try:
-            self.call = await self.core.create_call(call_info(channel, self.settings), MediaLeg(None, codec, raw=True))
-        except (AgentRefused, NoPortAvailable) as exc:
+
+        async def refuse(exc: Exception) -> None:
             await self._refuse(str(exc))
-            return
-        try:
+
+        async def connect(call: Call) -> None:
+            self.call = call
             await self._fork_media(codec)
-        except BaseException:
-            await self.call.aclose()
-            raise
-        if self.gone:
-            self.call.end(self.gone)
-        watchdog = asyncio.get_running_loop().call_later(NO_MEDIA_WARNING, self._check_media)
+            self._watchdog = asyncio.get_running_loop().call_later(NO_MEDIA_WARNING, self._check_media)
+
         try:
-            reason = await self.call.run(self.control)
+            reason = await self.core.serve_call(call_info(channel, self.settings), MediaLeg(None, codec, raw=True),
+                                                self.control, refuse=refuse, connect=connect, gone=lambda: self.gone)
         finally:
-            watchdog.cancel()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+        if reason is None:
+            return
         if self.control.ending == "transfer":  # the socket stays until FreeSWITCH drops it: closing it would
             await self.finished.wait()  # hang up the transferred channel (mod_event_socket, no `resume`)
         self.log.info("= esl call over: %s", reason)
