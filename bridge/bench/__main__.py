@@ -1,12 +1,18 @@
-"""`python -m bridge.bench [codec|pacing|vendors|all] [options]`: print the figures, with the command."""
+"""`python -m bridge.bench [codec|pacing|vendors|all|capacity] [options]`: print the figures, with the command."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["capacity"]:  # its own processes and options
+        from bridge.bench import capacity
+
+        capacity.main(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(prog="python -m bridge.bench")
     parser.add_argument("which", nargs="?", default="all", choices=["codec", "pacing", "vendors", "all"])
     parser.add_argument("--calls", default="1,100,500", help="pacing: comma-separated call counts")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,11 +15,9 @@ import pytest
 
 from bridge.caller import place_calls
 from bridge.vendors.base import HangupRequest
+from tests.interop.kamailio.peer import KAMAILIO, kamailio_argv
 from tests.sip.sip_live import RawClient, ScriptedAgent, live_server, status_of
 
-ROOT = Path(__file__).resolve().parents[3]
-KAMAILIO = shutil.which("kamailio") or (Path("/usr/sbin/kamailio") if Path("/usr/sbin/kamailio").exists() else None)
-MODULES = sorted(str(p) for p in Path("/usr/lib").glob("*/kamailio/modules"))
 pytestmark = pytest.mark.skipif(KAMAILIO is None, reason="kamailio not installed (apt-get install kamailio)")
 
 
@@ -34,13 +31,9 @@ def _free_port() -> int:
 async def kamailio(tmp: Path, adapters: list[int]) -> AsyncIterator[int]:
     """dialplan/kamailio.cfg as shipped, with LISTEN and DS_LIST overridden on the command line."""
     port = _free_port()
-    ds_list = tmp / "dispatcher.list"
-    ds_list.write_text("".join(f"1 sip:127.0.0.1:{p} 0 0 duid=ai{i}\n" for i, p in enumerate(adapters)))
-    proc = await asyncio.create_subprocess_exec(
-        str(KAMAILIO), "-DD", "-E", "-f", str(ROOT / "dialplan" / "kamailio.cfg"), "-P", str(tmp / "k.pid"),
-        "-Y", str(tmp), "-m", "64", "-M", "8", "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{ds_list}"',
-        *(["-A", f'MPATH="{MODULES[0]}/"'] if MODULES else []),
-        stdout=asyncio.subprocess.DEVNULL, stderr=(tmp / "kamailio.log").open("wb"))
+    proc = await asyncio.create_subprocess_exec(*kamailio_argv(tmp, port, adapters),
+                                                stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=(tmp / "kamailio.log").open("wb"))
     try:
         client = await RawClient.open()
         try:
