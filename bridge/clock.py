@@ -1,16 +1,20 @@
 """The one process-wide 20 ms clock that drives every call's RTP sender.
 
-Tick n is due at t0 + n·20 ms on the loop's monotonic clock (never accumulated, so no drift). The clock
-sleeps to just before the tick and spins the rest: the event loop's own timer wakes ~1 ms late (epoll has
-millisecond resolution) and 3-10 ms late on a noisy host, while a spin is exact. The spin margin adapts to
-the oversleep seen recently, so the cost is one short spin per tick for the whole process, not per call.
+Tick n is due at t0 + n·20 ms on the monotonic clock (never accumulated, so no drift). On Linux a periodic
+timerfd (CLOCK_MONOTONIC, absolute start) wakes the event loop's selector at the tick with the kernel's
+hrtimer precision, and its expiration count reports missed ticks: no spin, no task, one read per tick.
+Elsewhere the clock sleeps to just before the tick and spins the rest (the loop's own timer wakes ~1 ms late:
+epoll has millisecond resolution); the spin margin adapts to the oversleep seen recently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
+import os
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,12 +37,50 @@ class TickListener(Protocol):
         ...
 
 
+class TimerFd:
+    """A periodic CLOCK_MONOTONIC timerfd (Linux): readable at every period, read() = expirations since last."""
+
+    CLOCK_MONOTONIC, TFD_NONBLOCK, TFD_CLOEXEC, TFD_TIMER_ABSTIME = 1, os.O_NONBLOCK, os.O_CLOEXEC, 1
+
+    def __init__(self, first: float, period: float) -> None:
+        """First expiry at `first` (time.monotonic() seconds), then every `period` seconds. Raises OSError."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.timerfd_create(self.CLOCK_MONOTONIC, self.TFD_NONBLOCK | self.TFD_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create failed")
+        spec = (ctypes.c_long * 4)(*_timespec(period), *_timespec(first))  # struct itimerspec {interval, value}
+        if libc.timerfd_settime(self.fd, self.TFD_TIMER_ABSTIME, spec, None) < 0:
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, "timerfd_settime failed")
+
+    def expirations(self) -> int:
+        """Periods elapsed since the last call (0 when none: a spurious wake-up)."""
+        try:
+            return struct.unpack("=Q", os.read(self.fd, 8))[0]
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _timespec(seconds: float) -> tuple[int, int]:
+    whole = int(seconds)
+    return whole, int(round((seconds - whole) * 1e9))
+
+
 class SharedClock:
     """One ticker for all calls. Runs only while at least one listener is registered."""
 
-    def __init__(self) -> None:
+    def __init__(self, use_timerfd: bool = True) -> None:
         self._listeners: dict[TickListener, None] = {}  # ordered set: a call keeps its place in the round
         self._task: asyncio.Task[None] | None = None
+        self._timer: TimerFd | None = None
+        self._use_timerfd = use_timerfd
+        self._t0 = 0.0
+        self._tick = 0
+        self._gc_was_enabled = False
         self._oversleep: deque[float] = deque(maxlen=MARGIN_WINDOW)
         self.margin = MIN_MARGIN
         self.send_errors = 0
@@ -47,16 +89,60 @@ class SharedClock:
     def __len__(self) -> int:
         return len(self._listeners)
 
+    @property
+    def source(self) -> str:
+        """What wakes the clock: 'timerfd' or 'sleep+spin' ('' while stopped)."""
+        return "timerfd" if self._timer is not None else "sleep+spin" if self._task is not None else ""
+
     def register(self, listener: TickListener) -> None:
         self._listeners[listener] = None
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="shared-clock")
+        if self._timer is None and (self._task is None or self._task.done()):
+            self._start(asyncio.get_running_loop())
 
     def unregister(self, listener: TickListener) -> None:
         self._listeners.pop(listener, None)
-        if not self._listeners and self._task is not None:
+        if not self._listeners:
+            self._stop()
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._use_timerfd:
+            self._t0, self._tick = time.monotonic(), 0
+            try:
+                self._timer = TimerFd(self._t0 + TICK, TICK)
+            except (OSError, AttributeError) as exc:  # not Linux: sleep and spin instead
+                log.info("= shared clock: no timerfd (%s); sleeping and spinning", exc)
+                self._use_timerfd = False
+            else:
+                self._gc_was_enabled = gc.isenabled()
+                gc.disable()  # collections run right after each tick, in the slack, never in the middle of one
+                loop.add_reader(self._timer.fd, self._on_timer)
+                return
+        self._task = loop.create_task(self._run(), name="shared-clock")
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            asyncio.get_running_loop().remove_reader(self._timer.fd)
+            self._timer.close()
+            self._timer = None
+            if self._gc_was_enabled:
+                gc.enable()
+        if self._task is not None:
             self._task.cancel()
             self._task = None
+
+    def _on_timer(self) -> None:
+        """The timerfd fired: dispatch the current tick (a count above 1 means ticks were missed)."""
+        assert self._timer is not None
+        missed = self._timer.expirations()
+        if not missed:
+            return
+        self._tick += missed
+        self.lateness.append(time.monotonic() - (self._t0 + self._tick * TICK))
+        self._after_dispatch(self._tick)
+
+    def _after_dispatch(self, tick: int) -> None:
+        self._dispatch(tick)
+        gc.collect(0 if tick % 50 else 1 if tick % 3000 else 2)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -84,8 +170,7 @@ class SharedClock:
             if late >= TICK:  # missed whole ticks: jump to the current one; listeners see the gap
                 tick += int(late / TICK)
             self.lateness.append(late)
-            self._dispatch(tick)
-            gc.collect(0 if tick % 50 else 1 if tick % 3000 else 2)
+            self._after_dispatch(tick)
             if tick % 50 == 0:
                 self._adapt()
 
