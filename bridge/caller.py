@@ -68,7 +68,9 @@ class _Sip(asyncio.DatagramProtocol):
             self.inbox.put_nowait((message.parse(data), addr[:2]))
 
 
-class _Rtp(asyncio.DatagramProtocol):
+class RtpRecorder(asyncio.DatagramProtocol):
+    """The far end of a call's RTP: records each packet with its arrival time (the bench's PBX side too)."""
+
     def __init__(self) -> None:
         self.arrivals: list[tuple[float, RtpPacket]] = []
         self.transport: asyncio.DatagramTransport | None = None
@@ -93,7 +95,7 @@ class TestCall:
         self.call_id = secrets.token_hex(8) + "@sip-to-ai-caller"
         self.tag = secrets.token_hex(4)
         self.cseq = 1
-        self.sip, self.rtp = _Sip(), _Rtp()
+        self.sip, self.rtp = _Sip(), RtpRecorder()
         self.figures = CallFigures()
         self.remote_rtp: Address | None = None
         self.codec, self.pt = Codec.PCMU, 0
@@ -113,7 +115,7 @@ class TestCall:
             if proto.transport is not None:
                 proto.transport.close()
 
-    def _local(self, proto: _Sip | _Rtp) -> Address:
+    def _local(self, proto: _Sip | RtpRecorder) -> Address:
         assert proto.transport is not None
         return proto.transport.get_extra_info("sockname")[:2]
 

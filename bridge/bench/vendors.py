@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from bridge import config
+from bridge.caller import RtpRecorder
 from bridge.media import CallInfo, Codec, MediaLeg
+from bridge.rtp.packet import RtpPacket
 
 FRAME = 160
 UPLINK_FRAMES = 250  # 5 s of caller audio
@@ -54,20 +56,6 @@ def untag(payload: bytes) -> int:
     return payload[-2] * 200 + payload[-1]
 
 
-class _Pbx(asyncio.DatagramProtocol):
-    """The PBX side of the call's RTP: records what arrives."""
-
-    def __init__(self) -> None:
-        self.arrivals: list[tuple[float, bytes]] = []
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
-        self.arrivals.append((asyncio.get_running_loop().time(), data[12:]))
-
-
 class _Control:
     async def hangup(self, reason: str) -> None:
         return None
@@ -76,9 +64,7 @@ class _Control:
         return None
 
 
-async def _send_caller_audio(pbx: _Pbx, dest: tuple[str, int], sent: dict[int, float], frames: int) -> None:
-    from bridge.rtp.packet import RtpPacket
-
+async def _send_caller_audio(pbx: RtpRecorder, dest: tuple[str, int], sent: dict[int, float], frames: int) -> None:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     assert pbx.transport is not None
@@ -90,47 +76,38 @@ async def _send_caller_audio(pbx: _Pbx, dest: tuple[str, int], sent: dict[int, f
 
 async def bench_openai(scale: float = 1.0) -> Figures:
     """OpenAI Realtime (the Azure path is the same code) against tests/fakes/openai_realtime.py."""
-    from bridge.call import MediaCore
     from tests.fakes.openai_realtime import FakeRealtime
 
     fake = FakeRealtime(KEY, speed=1.0, chunks=(FRAME,), check_server=False)
     url = await fake.start()
-    settings = dataclasses.replace(
-        config.load(environ={}, dotenv=None), ai_vendor="openai", openai_api_key=KEY, openai_ws_endpoint=url,
-        media_address="127.0.0.1", rtp_port_min=42000, rtp_port_max=42999)
-    core = MediaCore(settings)
-    loop = asyncio.get_running_loop()
-    _, pbx = await loop.create_datagram_endpoint(_Pbx, local_addr=("127.0.0.1", 0))
-    call = await core.create_call(CallInfo("bench-openai", "bench"),
-                                  MediaLeg(pbx.transport.get_extra_info("sockname")[:2], Codec.PCMU))
-    runner = asyncio.create_task(call.run(_Control()))
+    settings = dataclasses.replace(config.load(environ={}, dotenv=None), ai_vendor="openai", openai_api_key=KEY,
+                                   openai_ws_endpoint=url)
     figures = Figures()
     try:
-        sess = await fake.session()
-        sent: dict[int, float] = {}
-        caller = asyncio.create_task(_send_caller_audio(pbx, call.local_address, sent, int(UPLINK_FRAMES * scale)))
-        for n in range(int(REPLIES * scale)):  # full duplex: the caller keeps talking meanwhile
-            await asyncio.sleep(random.uniform(0.0, 0.04))
-            resp = sess.respond(tag(n, 0x30) * 2)
-            while not resp.done:
-                await asyncio.sleep(0.005)
-            await asyncio.sleep(0.06)
-        await caller
-        await asyncio.sleep(0.3)
-        figures.uplink = [(t - sent[untag(chunk)]) * 1000 for t, chunk in sess.appends if len(chunk) == FRAME]
-        figures.downlink = _downlink(sess.sent_log, pbx.arrivals, 0x30)
-        fake.speed, fake.chunks = 4.0, (480, 1200, 160, 2400)
-        for _ in range(int(BARGE_INS * scale)):
-            figures.flush.append(await _barge_in(sess, pbx))
+        async with _bench_call(settings, "openai") as (call, pbx):
+            sess = await fake.session()
+            sent: dict[int, float] = {}
+            frames_up = int(UPLINK_FRAMES * scale)
+            caller = asyncio.create_task(_send_caller_audio(pbx, call.local_address, sent, frames_up))
+            for n in range(int(REPLIES * scale)):  # full duplex: the caller keeps talking meanwhile
+                await asyncio.sleep(random.uniform(0.0, 0.04))
+                resp = sess.respond(tag(n, 0x30) * 2)
+                while not resp.done:
+                    await asyncio.sleep(0.005)
+                await asyncio.sleep(0.06)
+            await caller
+            await asyncio.sleep(0.3)
+            figures.uplink = [(t - sent[untag(chunk)]) * 1000 for t, chunk in sess.appends if len(chunk) == FRAME]
+            figures.downlink = _downlink(sess.sent_log, pbx.arrivals, 0x30)
+            fake.speed, fake.chunks = 4.0, (480, 1200, 160, 2400)
+            for _ in range(int(BARGE_INS * scale)):
+                figures.flush.append(await _barge_in(sess, pbx))
     finally:
-        call.end("bench over")
-        await runner
-        pbx.transport.close()
         await fake.stop()
     return figures
 
 
-def _downlink(sent_log: list[tuple[float, dict]], arrivals: list[tuple[float, bytes]], filler: int) -> list[float]:
+def _downlink(sent_log: list[tuple[float, dict]], arrivals: list[tuple[float, RtpPacket]], filler: int) -> list[float]:
     import base64
 
     left: dict[int, float] = {}  # reply -> when its first frame left the fake
@@ -141,24 +118,24 @@ def _downlink(sent_log: list[tuple[float, dict]], arrivals: list[tuple[float, by
                 left.setdefault(untag(data), t)
     first: dict[int, float] = {}  # reply -> when its first frame reached the PBX side
     for t, p in arrivals:
-        if p[0] == filler:
-            first.setdefault(untag(p), t)
+        if p.payload[0] == filler:
+            first.setdefault(untag(p.payload), t)
     return [(first[n] - left[n]) * 1000 for n in first if n in left]
 
 
-async def _barge_in(sess, pbx: _Pbx) -> float:  # type: ignore[no-untyped-def]
+async def _barge_in(sess, pbx: RtpRecorder) -> float:  # type: ignore[no-untyped-def]
     """One reply interrupted after 300 ms on the wire; ms from the signal to the last agent frame."""
     filler = 0x40
     start = len(pbx.arrivals)
     resp = sess.respond(bytes([filler]) * FRAME * 150)
-    while sum(1 for _, p in pbx.arrivals[start:] if p[0] == filler) < 15:
+    while sum(1 for _, p in pbx.arrivals[start:] if p.payload[0] == filler) < 15:
         await asyncio.sleep(0.005)
     await sess.speech_started()
     signal = next(t for t, e in reversed(sess.sent_log) if e["type"] == "input_audio_buffer.speech_started")
     while not resp.done:
         await asyncio.sleep(0.005)
     await asyncio.sleep(0.1)
-    last = max(t for t, p in pbx.arrivals[start:] if p[0] == filler)
+    last = max(t for t, p in pbx.arrivals[start:] if p.payload[0] == filler)
     return max(0.0, (last - signal) * 1000)
 
 
@@ -166,14 +143,14 @@ async def _barge_in(sess, pbx: _Pbx) -> float:  # type: ignore[no-untyped-def]
 
 
 @contextlib.asynccontextmanager
-async def _bench_call(settings: config.Settings, name: str) -> AsyncIterator[tuple[Any, _Pbx]]:
+async def _bench_call(settings: config.Settings, name: str) -> AsyncIterator[tuple[Any, RtpRecorder]]:
     """One call through MediaCore to the configured vendor, its PBX side on loopback; yields (call, pbx)."""
     from bridge.call import MediaCore
 
     core = MediaCore(dataclasses.replace(settings, media_address="127.0.0.1", rtp_port_min=43000,
                                          rtp_port_max=43999, prompt=config.AgentPrompt(instructions="bench")))
     loop = asyncio.get_running_loop()
-    _, pbx = await loop.create_datagram_endpoint(_Pbx, local_addr=("127.0.0.1", 0))
+    _, pbx = await loop.create_datagram_endpoint(RtpRecorder, local_addr=("127.0.0.1", 0))
     call = await core.create_call(CallInfo(f"bench-{name}", "bench"),
                                   MediaLeg(pbx.transport.get_extra_info("sockname")[:2], Codec.PCMU))
     runner = asyncio.create_task(call.run(_Control()))
@@ -185,7 +162,7 @@ async def _bench_call(settings: config.Settings, name: str) -> AsyncIterator[tup
         pbx.transport.close()
 
 
-async def _replies(pbx: _Pbx, reply: Callable[[int], Awaitable[None]], is_agent: Callable[[bytes], bool],
+async def _replies(pbx: RtpRecorder, reply: Callable[[int], Awaitable[None]], is_agent: Callable[[bytes], bool],
                    count: int) -> list[float]:
     """Short replies at random moments; ms from handing each to the fake's socket to its first frame on the wire."""
     loop = asyncio.get_running_loop()
@@ -195,25 +172,25 @@ async def _replies(pbx: _Pbx, reply: Callable[[int], Awaitable[None]], is_agent:
         start = len(pbx.arrivals)
         left = loop.time()
         await reply(n)
-        while not any(is_agent(p) for _, p in pbx.arrivals[start:]):
+        while not any(is_agent(p.payload) for _, p in pbx.arrivals[start:]):
             await asyncio.sleep(0.001)
-        out.append((next(t for t, p in pbx.arrivals[start:] if is_agent(p)) - left) * 1000)
+        out.append((next(t for t, p in pbx.arrivals[start:] if is_agent(p.payload)) - left) * 1000)
         await asyncio.sleep(0.06)  # the reply plays out
     return out
 
 
-async def _flush(pbx: _Pbx, speak: Callable[[], Awaitable[object]], interrupt: Callable[[], Awaitable[None]],
+async def _flush(pbx: RtpRecorder, speak: Callable[[], Awaitable[object]], interrupt: Callable[[], Awaitable[None]],
                  is_agent: Callable[[bytes], bool]) -> float:
     """A reply streamed fast, interrupted once 15 frames were on the wire; ms from the signal to the last frame."""
     loop = asyncio.get_running_loop()
     start = len(pbx.arrivals)
     await speak()
-    while sum(1 for _, p in pbx.arrivals[start:] if is_agent(p)) < 15:
+    while sum(1 for _, p in pbx.arrivals[start:] if is_agent(p.payload)) < 15:
         await asyncio.sleep(0.005)
     signal = loop.time()
     await interrupt()
     await asyncio.sleep(0.15)
-    last = max(t for t, p in pbx.arrivals[start:] if is_agent(p))
+    last = max(t for t, p in pbx.arrivals[start:] if is_agent(p.payload))
     return max(0.0, (last - signal) * 1000)
 
 
