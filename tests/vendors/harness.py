@@ -9,10 +9,21 @@ import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
+import pytest
+
 from bridge.call import MediaCore
+from bridge.errors import AgentRefused
 from bridge.media import CallInfo, Codec
 from bridge.sip.transport import SipServer
-from bridge.vendors.base import Agent, AgentAudio, AgentClosed, AgentContext, AgentEvent
+from bridge.vendors.base import (
+    Agent,
+    AgentAudio,
+    AgentClosed,
+    AgentContext,
+    AgentEvent,
+    HangupRequest,
+    TransferRequest,
+)
 from tests.conftest import make_settings
 from tests.fakes.ws_vendor import wait_for
 from tests.vendors.sip_phone import Phone
@@ -68,6 +79,55 @@ async def tool_answer(conn: Any, fid: str, events: Collector | None = None, requ
     return conn.tool_answers[fid]
 
 
+class ToolTests:
+    """The built-in tools through a vendor's fake, the same for every vendor that answers tool calls by id.
+
+    A vendor's test module subclasses it as `TestTools`, naming in `tool_call` the fake connection's method that
+    calls a tool (it returns the call id); `tools` is the agent session the tools run in.
+    """
+
+    tool_call = ""
+
+    @pytest.fixture
+    def tools(self, session: tuple[Any, Collector]) -> tuple[Any, Collector]:
+        return session
+
+    async def call_tool(self, conn: Any, name: str, args: dict[str, Any]) -> str:
+        return await getattr(conn, self.tool_call)(name, args)
+
+    async def test_end_call_answers_and_hangs_up(self, fake: Any, tools: tuple[Any, Collector]) -> None:
+        _, events = tools
+        conn = await fake.connection()
+        fid = await self.call_tool(conn, "end_call", {"reason": "caller said bye"})
+        assert await tool_answer(conn, fid, events, HangupRequest("caller said bye")) == {"ok": True}
+
+    async def test_transfer_call(self, fake: Any, tools: tuple[Any, Collector]) -> None:
+        _, events = tools
+        conn = await fake.connection()
+        fid = await self.call_tool(conn, "transfer_call", {"destination": "sales"})
+        await tool_answer(conn, fid, events, TransferRequest("sales"))
+
+    async def test_unknown_tool_is_answered_unavailable(self, fake: Any, tools: tuple[Any, Collector]) -> None:
+        conn = await fake.connection()
+        fid = await self.call_tool(conn, "look_up_order", {"order": "42"})
+        assert (await tool_answer(conn, fid))["ok"] is False
+
+
+async def refusal(agent: Agent, match: str | None = None, secret: str = "") -> str:
+    """What the vendor refuses `agent.connect()` with (AgentRefused, matching `match`), never holding `secret`.
+
+    The agent is closed after, as the call closes it.
+    """
+    try:
+        with pytest.raises(AgentRefused, match=match) as info:
+            await agent.connect()
+    finally:
+        await agent.aclose()
+    message = str(info.value)
+    assert not secret or secret not in message
+    return message
+
+
 def translated_or_skipped(agent: Any, messages: Iterable[str | bytes]) -> None:
     """Invariant: any server message is translated, or raises ValueError/KeyError/TypeError (logged, skipped)."""
     for message in messages:
@@ -114,9 +174,19 @@ class BridgeMemory:
     def snapshot(self) -> None:
         self.snapshots.append(tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/bridge/*")]))
 
+    def snapshot_at(self, turn: int, *turns: int) -> None:
+        """A snapshot when `turn` is one of `turns` (the first after warm-up, the last)."""
+        if turn in turns:
+            self.snapshot()
+
     def growth(self) -> int:
         """Bytes bridge/ code holds at the second snapshot beyond what it held at the first."""
         return sum(d.size_diff for d in self.snapshots[1].compare_to(self.snapshots[0], "filename"))
+
+    def assert_flat(self, limit: int, what: str) -> None:
+        """bridge/ code grew by less than `limit` bytes between the snapshots (over `what`)."""
+        growth = self.growth()
+        assert growth < limit, f"bridge memory grew by {growth} bytes over {what}"
 
 
 @contextlib.asynccontextmanager

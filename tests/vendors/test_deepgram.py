@@ -9,7 +9,6 @@ import json
 import pytest
 
 from bridge.config import AgentPrompt
-from bridge.errors import AgentRefused
 from bridge.media import Codec
 from bridge.vendors.base import (
     AgentAudio,
@@ -19,7 +18,6 @@ from bridge.vendors.base import (
     AgentTurnEnd,
     HangupRequest,
     Transcript,
-    TransferRequest,
 )
 from bridge.vendors.deepgram import DeepgramAgent, settings_message
 from tests.fakes.deepgram_agent import GREETING_BYTE, FakeDeepgram, check_settings
@@ -143,23 +141,8 @@ class TestBargeIn:
         assert kinds.index(AgentInterrupted) > max(i for i, k in enumerate(kinds) if k is AgentAudio)
 
 
-class TestTools:
-    async def test_end_call_answers_and_hangs_up(self, fake, session):
-        _, events = session
-        conn = await fake.connection()
-        fid = await conn.function_call("end_call", {"reason": "caller said bye"})
-        assert await harness.tool_answer(conn, fid, events, HangupRequest("caller said bye")) == {"ok": True}
-
-    async def test_transfer_call(self, fake, session):
-        _, events = session
-        conn = await fake.connection()
-        fid = await conn.function_call("transfer_call", {"destination": "sales"})
-        await harness.tool_answer(conn, fid, events, TransferRequest("sales"))
-
-    async def test_unknown_client_function_is_answered_unavailable(self, fake, session):
-        conn = await fake.connection()
-        fid = await conn.function_call("look_up_order", {"order": "42"})
-        assert (await harness.tool_answer(conn, fid))["ok"] is False
+class TestTools(harness.ToolTests):
+    tool_call = "function_call"
 
     async def test_server_side_function_is_left_to_deepgram(self, fake, session):
         _, events = session
@@ -194,17 +177,11 @@ class TestDtmfAndKeepAlive:
 class TestFaults:
     async def test_bad_key_is_refused_naming_the_error_without_the_key(self, fake):
         agent = DeepgramAgent(make_ctx(fake, deepgram_api_key="wrong-key-456"))
-        with pytest.raises(AgentRefused) as info:
-            await agent.connect()
-        assert "401" in str(info.value) and "deepgram" in str(info.value)
-        assert "wrong-key-456" not in str(info.value)
-        await agent.aclose()
+        message = await harness.refusal(agent, secret="wrong-key-456")
+        assert "401" in message and "deepgram" in message
 
     async def test_invalid_settings_refused_with_the_vendor_code(self, fake):
-        agent = DeepgramAgent(make_ctx(fake, deepgram_listen_model=""))
-        with pytest.raises(AgentRefused, match="INVALID_SETTINGS"):
-            await agent.connect()
-        await agent.aclose()
+        await harness.refusal(DeepgramAgent(make_ctx(fake, deepgram_listen_model="")), match="INVALID_SETTINGS")
         fake.violations.clear()
 
     async def test_drop_mid_call_reconnects_without_second_greeting(self, fake, session):
@@ -270,10 +247,8 @@ class TestLongConversation:
                 assert events.audio() == bytes([turn % 200]) * 320
                 assert Transcript("caller", f"turn {turn}") in events.events
                 events.events.clear()  # the call consumes events as they come
-                if turn in (50, 299):
-                    memory.snapshot()
-        growth = memory.growth()
-        assert growth < 64 * 1024, f"bridge memory grew by {growth} bytes over 250 turns"
+                memory.snapshot_at(turn, 50, 299)
+        memory.assert_flat(64 * 1024, "250 turns")
         await conn.wait_audio(300 * 160)
         assert bytes(conn.audio) == b"".join(bytes([t % 256]) * 160 for t in range(300))
         await closed_leaving_nothing(agent, events, fake, before)

@@ -11,7 +11,6 @@ import pytest
 
 from bridge.codec import convert, g711
 from bridge.config import AgentPrompt
-from bridge.errors import AgentRefused
 from bridge.media import Codec
 from bridge.vendors.base import (
     AgentAudio,
@@ -19,9 +18,7 @@ from bridge.vendors.base import (
     AgentContext,
     AgentInterrupted,
     AgentTurnEnd,
-    HangupRequest,
     Transcript,
-    TransferRequest,
 )
 from bridge.vendors.gemini import GeminiAgent, gemini_schema, greeting_message, setup_message
 from tests.fakes.gemini_live import FakeGeminiLive, sdk_check, tone
@@ -184,23 +181,12 @@ class TestBargeIn:
         assert last_audio < kinds.index(AgentInterrupted) < kinds.index(AgentTurnEnd)
 
 
-class TestTools:
-    async def test_end_call(self, fake, quiet):
-        _, events = quiet
-        conn = await fake.connection()
-        fid = await conn.tool_call("end_call", {"reason": "done"})
-        assert await harness.tool_answer(conn, fid, events, HangupRequest("done")) == {"ok": True}
+class TestTools(harness.ToolTests):
+    tool_call = "tool_call"
 
-    async def test_transfer_call(self, fake, quiet):
-        _, events = quiet
-        conn = await fake.connection()
-        fid = await conn.tool_call("transfer_call", {"destination": "1001"})
-        await harness.tool_answer(conn, fid, events, TransferRequest("1001"))
-
-    async def test_unknown_tool_answered_unavailable(self, fake, quiet):
-        conn = await fake.connection()
-        fid = await conn.tool_call("check_weather", {})
-        assert (await harness.tool_answer(conn, fid))["ok"] is False
+    @pytest.fixture
+    def tools(self, quiet):  # no greeting turn before the tool calls
+        return quiet
 
 
 class TestDtmf:
@@ -262,19 +248,12 @@ class TestResumption:
 
 class TestRefusal:
     async def test_bad_key_refused_naming_the_error_without_the_key(self, fake):
-        agent = GeminiAgent(make_ctx(fake, gemini_api_key="bad-key-000"))
-        with pytest.raises(AgentRefused) as info:
-            await agent.connect()
-        assert "1007" in str(info.value) and "API key not valid" in str(info.value)
-        assert "bad-key-000" not in str(info.value)
-        await agent.aclose()
+        message = await harness.refusal(GeminiAgent(make_ctx(fake, gemini_api_key="bad-key-000")), secret="bad-key-000")
+        assert "1007" in message and "API key not valid" in message
         fake.violations.clear()
 
     async def test_unknown_model_refused(self, fake):
-        agent = GeminiAgent(make_ctx(fake, gemini_model="gemini-nope"))
-        with pytest.raises(AgentRefused, match="1008.*gemini-nope"):
-            await agent.connect()
-        await agent.aclose()
+        await harness.refusal(GeminiAgent(make_ctx(fake, gemini_model="gemini-nope")), match="1008.*gemini-nope")
         fake.violations.clear()
 
 
@@ -297,10 +276,8 @@ class TestLongConversation:
                 assert events.of(Transcript) == [Transcript("caller", f"question {turn}"),
                                                  Transcript("agent", f"answer {turn}")]
                 events.events.clear()  # the call consumes events as they come
-                if turn in (40, 199):
-                    memory.snapshot()
-        growth = memory.growth()
-        assert growth < 64 * 1024, f"bridge memory grew by {growth} bytes over 160 turns"
+                memory.snapshot_at(turn, 40, 199)
+        memory.assert_flat(64 * 1024, "160 turns")
         await conn.wait_audio(200 * 640)
         await closed_leaving_nothing(agent, events, fake, before)
 

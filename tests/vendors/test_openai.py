@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from bridge.config import AgentPrompt
-from bridge.errors import AgentRefused
 from bridge.media import Codec
 from bridge.vendors.base import (
     AgentAudio,
@@ -20,6 +19,7 @@ from bridge.vendors.base import (
 )
 from bridge.vendors.openai import OpenAIAgent, azure_url, openai_url
 from tests.fakes.openai_realtime import CLIENT_EVENTS, FakeRealtime, unknown_keys
+from tests.vendors import harness
 from tests.vendors.harness import BridgeMemory, agent_context
 
 KEY = "sk-test-0123456789"
@@ -279,31 +279,19 @@ class TestTools:
 class TestFaults:
     async def test_wrong_key_is_refused_with_the_vendors_message_and_no_secret(self, fake):
         agent = make_agent(fake.url, openai_api_key="sk-wrong-key-abcdef123456")
-        with pytest.raises(AgentRefused) as info:
-            await agent.connect()
-        message = str(info.value)
+        message = await harness.refusal(agent, secret="sk-wrong-key-abcdef123456")
         assert "401" in message and "Incorrect API key provided" in message
-        assert "sk-wrong-key-abcdef123456" not in message
-        await agent.aclose()
 
     async def test_unknown_model_is_refused(self, fake):
-        agent = make_agent(fake.url, openai_model="gpt-nonexistent")
-        with pytest.raises(AgentRefused, match="model_not_found"):
-            await agent.connect()
-        await agent.aclose()
+        await harness.refusal(make_agent(fake.url, openai_model="gpt-nonexistent"), match="model_not_found")
 
     async def test_quota_error_event_at_connect_is_refused(self, fake):
         fake.refuse_with = {"type": "insufficient_quota", "code": "insufficient_quota",
                             "message": "You exceeded your current quota.", "param": None, "event_id": None}
-        agent = make_agent(fake.url)
-        with pytest.raises(AgentRefused, match="exceeded your current quota"):
-            await agent.connect()
-        await agent.aclose()
+        await harness.refusal(make_agent(fake.url), match="exceeded your current quota")
 
     async def test_unreachable_vendor_is_refused_in_time(self):
-        agent = make_agent("ws://127.0.0.1:9/v1/realtime")  # discard port: nothing listens
-        with pytest.raises(AgentRefused):
-            await agent.connect()
+        await harness.refusal(make_agent("ws://127.0.0.1:9/v1/realtime"))  # discard port: nothing listens
 
     async def test_error_event_mid_call_is_logged_not_fatal(self, fake, caplog):
         h = await connected(fake)
@@ -396,9 +384,7 @@ class TestAzure:
         try:
             agent = make_agent("", ai_vendor="azure", azure_openai_endpoint=base,
                                azure_openai_deployment="my-realtime", azure_openai_api_key="az-bad-key-999999")
-            with pytest.raises(AgentRefused, match="401") as info:
-                await agent.connect()
-            assert "az-bad-key-999999" not in str(info.value)
+            await harness.refusal(agent, match="401", secret="az-bad-key-999999")
         finally:
             await fake.stop()
 
@@ -437,10 +423,8 @@ class TestLongConversation:
                 await h.wait_for(AgentTurnEnd)
                 assert Transcript("caller", f"question {turn}") in h.events
                 h.events.clear()  # the call consumes events as they come
-                if turn in (50, 299):
-                    memory.snapshot()
-        growth = memory.growth()
-        assert growth < 16 * 1024, f"bridge memory grew by {growth} bytes over 250 turns"
+                memory.snapshot_at(turn, 50, 299)
+        memory.assert_flat(16 * 1024, "250 turns")
         assert h.agent.session._events.qsize() == 0  # consumed as it came
         assert not h.agent.session.queue.audio and not h.agent.session.queue.control
         assert fake.violations == []
