@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -76,17 +78,24 @@ async def test_barge_in_stops_playback_within_40ms_on_the_wire():
         await phone.hangup()
 
 
+async def moved_mid_call(fake: FakeGeminiLive, phone, frames: int, move: Callable[[Any], Awaitable[None]]):
+    """The phone talks `frames` frames; 0.4 s in, `move(conn)` sends the agent to a second connection, which
+    hears the caller. Returns (first, second) connection."""
+    conn = await fake.connection()
+    player = asyncio.create_task(phone.play(tone_frames(1000, frames)))
+    await asyncio.sleep(0.4)
+    await move(conn)
+    second = await fake.connection(1)
+    await player
+    await second.wait_audio(640)
+    return conn, second
+
+
 async def test_go_away_mid_call_resumes_with_no_rtp_gap():
     async with FakeGeminiLive(answer_turns=False) as fake, bridge(fake) as (core, phone):
         assert await phone.call() == 200
-        conn = await fake.connection()
-        player = asyncio.create_task(phone.play(tone_frames(1000, 75)))
-        await asyncio.sleep(0.4)
-        await conn.go_away(time_left=2.0)
-        second = await fake.connection(1)
+        conn, second = await moved_mid_call(fake, phone, 75, lambda conn: conn.go_away(time_left=2.0))
         assert second.resumed_from is not None and fake.cut_by_goaway == 0
-        await player
-        await second.wait_audio(640)
         await second.speak(0.2, 440)
         await wait_for(lambda: sum(p.payload != SILENCE for _, p in phone.collect()) >= 9, 3.0, "the reply")
         assert len(conn.audio) + len(second.audio) == 75 * 640  # no caller frame lost in the move
@@ -97,14 +106,8 @@ async def test_go_away_mid_call_resumes_with_no_rtp_gap():
 async def test_dropped_socket_mid_call_resumes_with_its_handle_and_no_rtp_gap():
     async with FakeGeminiLive(answer_turns=False) as fake, bridge(fake) as (core, phone):
         assert await phone.call() == 200
-        conn = await fake.connection()
-        player = asyncio.create_task(phone.play(tone_frames(1000, 60)))
-        await asyncio.sleep(0.4)
-        await conn.drop()
-        second = await fake.connection(1)
+        _, second = await moved_mid_call(fake, phone, 60, lambda conn: conn.drop())
         assert second.resumed_from in fake.handles
-        await player
-        await second.wait_audio(640)
         check_no_rtp_gap(phone.collect())
         assert await phone.hangup() == 200
 
