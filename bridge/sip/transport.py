@@ -189,6 +189,9 @@ class SipServer:
         info = CallInfo(call_id, "sip", event.caller, event.callee, event.metadata)
         leg = MediaLeg(media.remote, media.codec, media.payload_type, media.dtmf_payload_type)
         loop = asyncio.get_running_loop()
+        # A CANCEL while the agent connects cancels this task outright (CallCancelled in _dispatch; the UAS answers
+        # it 487, create_call releases what it took), where ARI and ESL let setup finish and then see the caller
+        # gone. `cancelled` is SIP's `gone` for the one case left: a CANCEL that lands just before the 200 OK.
         cancelled = ""
 
         async def refuse(exc: Exception) -> None:
@@ -203,7 +206,7 @@ class SipServer:
             rtp_host, rtp_port = call.local_address
             if rtp_host in ("0.0.0.0", "::"):
                 rtp_host = uas.config.host  # bound to every interface: advertise the signalling address
-            if not uas.answer(call_id, (rtp_host, rtp_port), loop.time()):  # a CANCEL raced the agent's connect
+            if not uas.answer(call_id, (rtp_host, rtp_port), loop.time()):
                 cancelled = "cancelled while the agent connected"
                 return
             self._calls[call_id] = call
