@@ -26,6 +26,7 @@ from bridge.media import FRAME_MS, Address, CallControl, CallInfo, MediaLeg
 from bridge.rtp.endpoint import PortPool, RtpEndpoint
 from bridge.rtp.playout import Playout
 from bridge.rtp.session import Audio, Dtmf
+from bridge.stream import StreamEndpoint
 from bridge.vendors import registry
 from bridge.vendors.base import (
     Agent,
@@ -61,7 +62,10 @@ class Call:
         self.info = info
         self.log = log_
         self.playout = Playout(leg.codec.silence, core.settings.playout_max_seconds)
-        self.endpoint = RtpEndpoint(leg, self.playout, self._on_media)
+        endpoint = StreamEndpoint if leg.stream else RtpEndpoint
+        self.endpoint: RtpEndpoint | StreamEndpoint = endpoint(leg, self.playout, self._on_media)
+        self.stream_id = ""  # the id its media connection will present (MediaCore.expect_stream)
+        self.released = asyncio.Event()  # set once aclose() has released everything
         self._ended = asyncio.Event()
         self.reason = ""
         self._closed = False
@@ -103,8 +107,8 @@ class Call:
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     async def _start(self, agent_factory: Callable[[AgentContext], Agent]) -> None:
-        sock = self.core.ports.bind(self.core.settings.media_host)
-        await self.endpoint.open(sock)
+        if isinstance(self.endpoint, RtpEndpoint):
+            await self.endpoint.open(self.core.ports.bind(self.core.settings.media_host))
         ctx = AgentContext(self.info, self.endpoint.leg.codec, self.core.settings, self.playout.played_ms, self.log,
                            lambda: self.core.draining)
         self.agent = agent_factory(ctx)
@@ -142,11 +146,14 @@ class Call:
         if self._closed:
             return
         self._closed = True
+        self.released.set()
         if self.core.calls.get(self.call_id) is self:
             del self.core.calls[self.call_id]
+        self.core.forget_stream(self.stream_id)
         self.core.clock.unregister(self.endpoint)
         self.endpoint.close()
-        self.core.ports.release(self.local_address[1])
+        if isinstance(self.endpoint, RtpEndpoint):
+            self.core.ports.release(self.local_address[1])
         if self.agent is not None:
             try:
                 async with asyncio.timeout(CLEANUP_TIMEOUT):
@@ -227,6 +234,19 @@ class MediaCore:
         self.calls: dict[str, Call] = {}
         self.draining = False
         self._agent_factory = agent_factory
+        self._awaiting_stream: dict[str, Call] = {}
+
+    def expect_stream(self, stream_id: str, call: Call) -> None:
+        """`call`'s media will arrive as a connection presenting `stream_id` (see bridge/stream.py)."""
+        call.stream_id = stream_id
+        self._awaiting_stream[stream_id] = call
+
+    def claim_stream(self, stream_id: str) -> Call | None:
+        """The call waiting for the connection that presents `stream_id`, once; None when no call expects it."""
+        return self._awaiting_stream.pop(stream_id, None)
+
+    def forget_stream(self, stream_id: str) -> None:
+        self._awaiting_stream.pop(stream_id, None)
 
     def admit(self) -> str | None:
         """None when a new call may start, else the reason it may not."""
@@ -251,7 +271,8 @@ class MediaCore:
             call.reason = call.reason or "agent refused"
             await call.aclose()
             raise
-        call.log.info("= call from %r via %s, rtp %s:%d", info.caller, info.ingress, *call.local_address)
+        media = "rtp {}:{}".format(*call.local_address) if not leg.stream else "media on the ingress's connection"
+        call.log.info("= call from %r via %s, %s", info.caller, info.ingress, media)
         return call
 
     async def serve_call(self, info: CallInfo, leg: MediaLeg, control: CallControl, *,

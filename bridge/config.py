@@ -61,6 +61,12 @@ def _cidrs(v: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in v.split(",") if p.strip())
 
 
+def allowed(host: str, networks: tuple) -> bool:
+    """Whether `host` (an IP address, IPv6 scope allowed) lies in one of `networks` (a *_ALLOWED_CIDRS value)."""
+    address = ipaddress.ip_address(host.split("%")[0])
+    return any(address in net for net in networks)
+
+
 def _list(v: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in v.split(",") if p.strip())
 
@@ -131,6 +137,16 @@ class Settings:
     ari_format: str = _env("ARI_FORMAT", "ulaw", _choice("ulaw", "alaw", "slin16"))
     ari_variables: tuple = _env("ARI_VARIABLES", (), _list)
     ari_transfer_mode: str = _env("ARI_TRANSFER_MODE", "continue", _choice("continue", "redirect"))
+    ari_media: str = _env("ARI_MEDIA", "rtp", _choice("rtp", "audiosocket", "websocket"))  # ExternalMedia kind
+    ari_websocket_client: str = _env("ARI_WEBSOCKET_CLIENT", "sip-to-ai")  # websocket_client.conf section
+
+    # Asterisk AudioSocket (app_audiosocket, chan_audiosocket, ExternalMedia encapsulation=audiosocket)
+    audiosocket_listen: tuple[str, int] | None = _env("AUDIOSOCKET_LISTEN", None, _hostport)
+    audiosocket_allowed_cidrs: tuple = _env("AUDIOSOCKET_ALLOWED_CIDRS", _cidrs("127.0.0.0/8,::1/128"), _cidrs)
+
+    # Asterisk chan_websocket (Dial(WebSocket/...), ExternalMedia transport=websocket): Asterisk connects to us
+    websocket_listen: tuple[str, int] | None = _env("WEBSOCKET_LISTEN", None, _hostport)
+    websocket_allowed_cidrs: tuple = _env("WEBSOCKET_ALLOWED_CIDRS", _cidrs("127.0.0.0/8,::1/128"), _cidrs)
 
     # FreeSWITCH ESL
     esl_listen: tuple[str, int] | None = _env("ESL_LISTEN", None, _hostport)
@@ -273,5 +289,9 @@ def _check(s: Settings) -> None:
         raise ConfigError("AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT are required when AI_VENDOR=azure")
     if s.ari_url and not s.ari_url.startswith(("http://", "https://")):
         raise ConfigError(f"ARI_URL={s.ari_url!r} is not valid: expected http://host:port")
+    needs_listener = {"audiosocket": ("AUDIOSOCKET_LISTEN", s.audiosocket_listen),
+                      "websocket": ("WEBSOCKET_LISTEN", s.websocket_listen)}
+    if s.ari_url and s.ari_media in needs_listener and needs_listener[s.ari_media][1] is None:
+        raise ConfigError(f"ARI_MEDIA={s.ari_media} needs {needs_listener[s.ari_media][0]}: Asterisk connects there")
     if s.ari_url and s.ari_format == "slin16":  # Asterisk drops slin16 (PT 118) sent back over ExternalMedia RTP
         raise ConfigError("ARI_FORMAT=slin16 is not supported over ExternalMedia RTP (one-way): use ulaw or alaw")

@@ -55,6 +55,7 @@ class MediaLeg:
     payload_type: int | None = None  # defaults to codec.payload_type
     dtmf_payload_type: int | None = None  # RFC 4733 telephone-event PT, when negotiated
     raw: bool = False  # headerless G.711 datagrams (FreeSWITCH `unicast`), not RTP
+    stream: bool = False  # carried by the ingress's own connection (AudioSocket, chan_websocket): no UDP socket
 
     @property
     def pt(self) -> int:

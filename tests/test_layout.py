@@ -17,6 +17,8 @@ SANS_IO = [
     ROOT / "rtp" / "session.py",
     ROOT / "rtp" / "playout.py",
     ROOT / "pbx" / "esl" / "protocol.py",
+    ROOT / "pbx" / "audiosocket" / "protocol.py",
+    ROOT / "pbx" / "websocket" / "protocol.py",
 ]
 
 

@@ -16,7 +16,7 @@ import logging
 import uuid as uuidlib
 
 from bridge.call import Call, CallLog, MediaCore
-from bridge.config import Settings
+from bridge.config import Settings, allowed
 from bridge.errors import BridgeError
 from bridge.media import Address, CallInfo, Codec, MediaLeg
 from bridge.pbx.esl import protocol as esl
@@ -253,12 +253,6 @@ class OutboundSession:
                 future.set_exception(EslError(f"channel gone: {reason}"))
         if self.call is not None and self.control.ending != "hangup":
             self.call.end(reason)
-
-
-def allowed(host: str, networks: tuple) -> bool:
-    """Whether `host` (an IP address) lies in one of `networks`."""
-    address = ipaddress.ip_address(host.split("%")[0])
-    return any(address in net for net in networks)
 
 
 class EslOutboundServer:

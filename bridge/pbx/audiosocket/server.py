@@ -1,0 +1,225 @@
+"""The AudioSocket ingress (AUDIOSOCKET_LISTEN): Asterisk connects, presents the call's UUID, then streams audio.
+
+Three ways in reach it (asterisk/extensions.conf): the `AudioSocket(uuid,host:port)` dialplan application, a
+`Dial(AudioSocket/host:port/uuid/c(slin))` channel, and the ARI ExternalMedia channel (ARI_MEDIA=audiosocket).
+The first two become calls of their own here. The third is a call the ARI ingress already created and named
+with the UUID (MediaCore.expect_stream): this server only hands it its connection.
+
+Audio (../shared/docs/pbx.md §1.7): Asterisk sends signed-linear frames (slin 8 kHz as kind 0x10, or 0x11-0x18 at
+the higher slin rates when the channel is in one of them); the core speaks G.711, so the uplink is resampled to
+8 kHz where needed and encoded, and every 20 ms frame of the downlink goes back as 0x10 slin 8 kHz, which
+Asterisk accepts whatever the channel's format. `app_audiosocket` ends the call after 2 s with nothing from
+either side (MAX_WAIT_TIMEOUT_MSEC): the shared clock sends silence whenever the agent is quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import numpy as np
+
+from bridge.call import Call, CallLog, MediaCore
+from bridge.codec import g711
+from bridge.codec.resample import StreamResampler
+from bridge.config import Settings, allowed
+from bridge.errors import AgentError, NoPortAvailable
+from bridge.media import SAMPLE_RATE, Address, CallInfo, Codec, MediaLeg
+from bridge.pbx.audiosocket import protocol as wire
+from bridge.pbx.audiosocket.protocol import AudioSocketError, AudioSocketParser
+
+log = logging.getLogger(__name__)
+
+CODEC = Codec.PCMU  # the core's side of the conversion: μ-law keeps the telephone's 8 kHz 14-bit range
+IDENTIFY_TIMEOUT = 5.0  # seconds for the UUID message, which Asterisk writes right after connecting
+READ_SIZE = 65536
+
+
+class AudioSocketControl:
+    """CallControl of a dialplan AudioSocket call: the connection is all there is to talk back to Asterisk."""
+
+    def __init__(self, writer: asyncio.StreamWriter, log_: logging.LoggerAdapter) -> None:
+        self.writer = writer
+        self.log = log_
+
+    async def hangup(self, reason: str) -> None:
+        """Kind 0x00: `AudioSocket()` returns 0 (the dialplan goes on after it); the AudioSocket channel hangs up."""
+        if not self.writer.is_closing():
+            self.writer.write(wire.hangup())
+            with contextlib.suppress(OSError):
+                await self.writer.drain()
+            self.writer.close()
+
+    async def transfer(self, destination: str) -> None:
+        """Not available: AudioSocket carries no signalling. The AudioSocket ends; the dialplan after it decides."""
+        self.log.warning("! transfer_call to %r is not available over AudioSocket: ending the AudioSocket; the "
+                         "dialplan continues after AudioSocket() (or after Dial with the g option)", destination)
+        await self.hangup("transfer not available")
+
+
+class AudioSocketSession:
+    """One connection from Asterisk: its UUID, then its audio to a call and the call's audio back."""
+
+    def __init__(self, core: MediaCore, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.core = core
+        self.reader = reader
+        self.writer = writer
+        self.parser = AudioSocketParser()
+        self.peer: Address = writer.get_extra_info("peername")[:2]
+        self.log: logging.LoggerAdapter = CallLog(log, {"call_id": "audiosocket:{}:{}".format(*self.peer)})
+        self._resampler: StreamResampler | None = None
+        self._resampler_rate = 0
+        self._pending: list[wire.Message] = []  # what arrived with the UUID
+        self.failures = 0
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.timeout(IDENTIFY_TIMEOUT):
+                uuid = await self._identify()
+        except (AudioSocketError, TimeoutError, OSError) as exc:
+            self.log.warning("! not an AudioSocket connection: %s", exc or "no UUID in time")
+            return
+        self.log = CallLog(log, {"call_id": uuid})
+        call = self.core.claim_stream(uuid)
+        if call is not None:  # an ExternalMedia channel of a call the ARI ingress runs: media only
+            self.log.info("= media connection for %s", call.call_id)
+            await self.carry(call)
+            return
+        await self._dialplan_call(uuid)
+
+    async def _identify(self) -> str:
+        while True:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                raise AudioSocketError("closed before its UUID")
+            match self.parser.feed(data):
+                case [wire.Identify(uuid=uuid), *rest]:  # the parser accepts nothing else first
+                    self._pending = rest
+                    return str(uuid)
+
+    async def _dialplan_call(self, uuid: str) -> None:
+        """A call of its own: AudioSocket() or Dial(AudioSocket/...) in Asterisk's dialplan."""
+        if (refused := self.core.admit()) is not None:
+            self.log.warning("x refusing the call: %s", refused)
+            self.writer.write(wire.hangup())
+            return
+        info = CallInfo(uuid, "audiosocket", metadata={"uuid": uuid, "peer": "{}:{}".format(*self.peer)})
+        try:
+            call = await self.core.create_call(info, MediaLeg(None, CODEC, stream=True))
+        except (AgentError, NoPortAvailable, OSError) as exc:
+            self.log.warning("x refusing the call: %s", exc)
+            self.writer.write(wire.hangup())
+            return
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.carry(call))
+                reason = await call.run(AudioSocketControl(self.writer, self.log))
+        finally:
+            await call.aclose()
+        self.log.info("= audiosocket call over: %s", reason)
+
+    async def carry(self, call: Call) -> None:
+        """Carry `call`'s media over this connection until either ends."""
+        call.endpoint.attach(self._send)  # type: ignore[union-attr]  # a stream leg has a StreamEndpoint
+        self._deliver(call, self._pending)
+        reading = asyncio.create_task(self._read(call))
+        released = asyncio.create_task(call.released.wait())
+        try:
+            await asyncio.wait((reading, released), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reading.cancel()
+            released.cancel()
+            if not reading.cancelled() and reading.done() and (why := reading.result()):
+                call.end(why)
+
+    async def _read(self, call: Call) -> str:
+        while data := await self.reader.read(READ_SIZE):
+            try:
+                messages = self.parser.feed(data)
+            except AudioSocketError as exc:  # only the first message can break the protocol; kept for safety
+                return f"audiosocket protocol error: {exc}"
+            if (why := self._deliver(call, messages)) is not None:
+                return why
+        return "asterisk closed the AudioSocket"
+
+    def _deliver(self, call: Call, messages: list[wire.Message]) -> str | None:
+        """Hand the messages to the call; a reason when one of them ends it."""
+        endpoint = call.endpoint
+        for message in messages:
+            match message:
+                case wire.Audio(pcm=pcm, rate=rate):
+                    endpoint.receive(self._to_g711(pcm, rate))  # type: ignore[union-attr]
+                case wire.Digit(key=key):
+                    call.dtmf(key)
+                case wire.Hangup():
+                    return "asterisk sent hang-up"
+                case wire.Failure(code=code):
+                    self.failures += 1
+                    self.log.warning("! asterisk reports an AudioSocket error (%s)", code.hex() or "no code")
+                case wire.Garbage(kind=kind, why=why):
+                    self.log.warning("! dropped AudioSocket message 0x%02x: %s (%d so far)", kind, why,
+                                     self.parser.garbage)
+        return None
+
+    def _to_g711(self, pcm: bytes, rate: int) -> bytes:
+        samples = np.frombuffer(pcm, dtype="<i2")
+        if rate != SAMPLE_RATE:
+            if self._resampler is None or self._resampler_rate != rate:
+                self._resampler, self._resampler_rate = StreamResampler(rate, SAMPLE_RATE), rate
+            samples = self._resampler.process(samples)
+        return g711.encode(CODEC, samples)
+
+    def _send(self, frame: bytes) -> None:
+        """One 20 ms G.711 frame of the downlink, as a 0x10 slin message (called on the clock's tick)."""
+        if not self.writer.is_closing():
+            self.writer.write(wire.audio(g711.decode(CODEC, frame).astype("<i2").tobytes()))
+
+
+class AudioSocketServer:
+    """Listens on AUDIOSOCKET_LISTEN; one AudioSocketSession per connection, all owned by one TaskGroup."""
+
+    def __init__(self, core: MediaCore, settings: Settings) -> None:
+        if settings.audiosocket_listen is None:
+            raise ValueError("AUDIOSOCKET_LISTEN is not set")
+        self.core = core
+        self.settings = settings
+        self.address: Address = settings.audiosocket_listen
+        self.sessions: set[AudioSocketSession] = set()
+        self.refused = 0
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        """Accept until cancelled; cancelling ends every call of this server (their sockets close)."""
+        async with asyncio.TaskGroup() as tg:
+            def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                peer = writer.get_extra_info("peername")
+                if not allowed(peer[0], self.settings.audiosocket_allowed_cidrs):  # every call spends API money
+                    self.refused += 1
+                    log.warning("! audiosocket connection from %s refused: not in AUDIOSOCKET_ALLOWED_CIDRS", peer[0])
+                    writer.close()
+                    return
+                tg.create_task(self._session(reader, writer))
+
+            server = await asyncio.start_server(accept, *self.settings.audiosocket_listen)
+            self.address = server.sockets[0].getsockname()[:2]
+            log.info("= audiosocket server on %s:%d", *self.address)
+            async with server:
+                if ready is not None:
+                    ready.set()
+                await asyncio.Future()  # until cancelled
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = AudioSocketSession(self.core, reader, writer)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        except Exception:  # a bug in one connection must not take the listener and every other call down
+            session.log.exception("! audiosocket session crashed")
+        finally:
+            self.sessions.discard(session)
+            writer.close()
+
+
+async def serve_audiosocket(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """The AudioSocket ingress (AUDIOSOCKET_LISTEN): runs until cancelled; sets `ready` once listening."""
+    await AudioSocketServer(core, settings).serve(ready)
