@@ -12,12 +12,17 @@ channel id), and the server that accepts Asterisk's connection claims the call b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from bridge.clock import Datagram
 from bridge.media import Address, MediaLeg
 from bridge.rtp.playout import Playout
 from bridge.rtp.session import Audio, Dtmf, RtpStats
+
+if TYPE_CHECKING:
+    from bridge.call import Call
 
 MAX_CATCHUP = 5  # frames sent back-to-back after late ticks; later than that the gap stays silent (as RTP's)
 NOWHERE: Address = ("", 0)
@@ -70,3 +75,23 @@ class StreamEndpoint:
 
     def _sendto(self, frame: bytes, _address: Address) -> object:
         return self._send(frame) if self._send is not None else None
+
+
+async def carry(call: Call, send: Send, read: Coroutine[Any, Any, str]) -> None:
+    """Carry `call`'s media over an ingress's connection until either ends.
+
+    Attaches `send` for the downlink and runs `read`, the ingress's loop that feeds the uplink to
+    `call.endpoint` and returns why the connection ended; that reason ends the call. The call's release
+    (whoever ended it) stops the reader.
+    """
+    assert isinstance(call.endpoint, StreamEndpoint), "a stream call (MediaLeg.stream)"
+    call.endpoint.attach(send)
+    reading = asyncio.ensure_future(read)
+    released = asyncio.ensure_future(call.released.wait())
+    try:
+        await asyncio.wait((reading, released), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        reading.cancel()
+        released.cancel()
+    if reading.done() and not reading.cancelled():
+        call.end(reading.result())

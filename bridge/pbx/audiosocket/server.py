@@ -24,10 +24,10 @@ from bridge.call import Call, CallLog, MediaCore
 from bridge.codec import g711
 from bridge.codec.resample import StreamResampler
 from bridge.config import Settings, allowed
-from bridge.errors import AgentError, NoPortAvailable
 from bridge.media import SAMPLE_RATE, Address, CallInfo, Codec, MediaLeg
 from bridge.pbx.audiosocket import protocol as wire
 from bridge.pbx.audiosocket.protocol import AudioSocketError, AudioSocketParser
+from bridge.stream import carry
 
 log = logging.getLogger(__name__)
 
@@ -101,37 +101,28 @@ class AudioSocketSession:
     async def _dialplan_call(self, uuid: str) -> None:
         """A call of its own: AudioSocket() or Dial(AudioSocket/...) in Asterisk's dialplan."""
         if (refused := self.core.admit()) is not None:
-            self.log.warning("x refusing the call: %s", refused)
-            self.writer.write(wire.hangup())
+            await self._refuse(refused)
             return
         info = CallInfo(uuid, "audiosocket", metadata={"uuid": uuid, "peer": "{}:{}".format(*self.peer)})
-        try:
-            call = await self.core.create_call(info, MediaLeg(None, CODEC, stream=True))
-        except (AgentError, NoPortAvailable, OSError) as exc:
-            self.log.warning("x refusing the call: %s", exc)
-            self.writer.write(wire.hangup())
-            return
-        try:
-            async with asyncio.TaskGroup() as tg:
+        async with asyncio.TaskGroup() as tg:
+            async def connect(call: Call) -> None:
                 tg.create_task(self.carry(call))
-                reason = await call.run(AudioSocketControl(self.writer, self.log))
-        finally:
-            await call.aclose()
-        self.log.info("= audiosocket call over: %s", reason)
+
+            reason = await self.core.serve_call(info, MediaLeg(None, CODEC, stream=True),
+                                                AudioSocketControl(self.writer, self.log),
+                                                refuse=self._refuse, connect=connect, gone=lambda: "")
+        if reason is not None:
+            self.log.info("= audiosocket call over: %s", reason)
+
+    async def _refuse(self, why: object) -> None:
+        """No call: kind 0x00, so AudioSocket() returns and the dialplan after it routes the caller."""
+        self.log.warning("x refusing the call: %s", why)
+        self.writer.write(wire.hangup())
 
     async def carry(self, call: Call) -> None:
         """Carry `call`'s media over this connection until either ends."""
-        call.endpoint.attach(self._send)  # type: ignore[union-attr]  # a stream leg has a StreamEndpoint
         self._deliver(call, self._pending)
-        reading = asyncio.create_task(self._read(call))
-        released = asyncio.create_task(call.released.wait())
-        try:
-            await asyncio.wait((reading, released), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            reading.cancel()
-            released.cancel()
-            if not reading.cancelled() and reading.done() and (why := reading.result()):
-                call.end(why)
+        await carry(call, self._send, self._read(call))
 
     async def _read(self, call: Call) -> str:
         while data := await self.reader.read(READ_SIZE):
