@@ -74,6 +74,14 @@ def ingresses(settings: Settings) -> list[tuple[str, Ingress]]:
         from bridge.pbx.esl.server import serve_esl
 
         found.append(("esl", serve_esl))
+    if settings.audiosocket_listen:
+        from bridge.pbx.audiosocket.server import serve_audiosocket
+
+        found.append(("audiosocket", serve_audiosocket))
+    if settings.websocket_listen:
+        from bridge.pbx.websocket.server import serve_websocket
+
+        found.append(("websocket", serve_websocket))
     return found
 
 
@@ -88,11 +96,16 @@ def describe(settings: Settings) -> list[str]:
         if any(net.prefixlen == 0 for net in settings.sip_allowed_cidrs):
             lines.append("WARNING: SIP_ALLOWED_CIDRS admits every address: anyone can place calls that spend API money")
     if settings.ari_url:
-        lines.append(f"ARI: Stasis application {settings.ari_app!r} at {settings.ari_url}")
+        lines.append(f"ARI: Stasis application {settings.ari_app!r} at {settings.ari_url}, "
+                     f"ExternalMedia over {settings.ari_media}")
     if settings.esl_listen:
         lines.append("ESL: outbound socket on {}:{}".format(*settings.esl_listen))
     if settings.esl_inbound:
         lines.append("ESL: inbound control to {}:{}".format(*settings.esl_inbound))
+    if settings.audiosocket_listen:
+        lines.append("AudioSocket: listening on {}:{}".format(*settings.audiosocket_listen))
+    if settings.websocket_listen:
+        lines.append("chan_websocket: listening on ws://{}:{}/".format(*settings.websocket_listen))
     lines.append(f"RTP: {settings.media_host} ports {settings.rtp_port_min}-{settings.rtp_port_max}")
     return lines
 
@@ -113,7 +126,8 @@ async def serve(settings: Settings, core: MediaCore | None = None) -> None:
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(fn(core, settings), name=name) for name, fn in ingresses(settings)]
         if not tasks:
-            log.warning("no ingress is configured (SIP_ENABLED=false and no ARI_URL/ESL_LISTEN)")
+            log.warning("no ingress is configured (SIP_ENABLED=false and no ARI_URL, ESL_LISTEN, AUDIOSOCKET_LISTEN "
+                        "or WEBSOCKET_LISTEN)")
         await stop.wait()
         log.info("= shutting down: no new calls; %d live call(s) may finish within %.0f s",
                  len(core.calls), settings.drain_seconds)

@@ -34,6 +34,10 @@ exten => _rec-.,1,Answer()
  same => n,Playtones({freq})
  same => n,Record({recordings}/${{EXTEN}}.wav,0,{seconds},qkx)
  same => n,Hangup()
+exten => _burst-.,1,Answer()
+ same => n,Playtones({freq}/300,0/1700)
+ same => n,Record({recordings}/${{EXTEN}}.wav,0,{seconds},qkx)
+ same => n,Hangup()
 exten => s,1,Answer()
  same => n,Playtones({freq})
  same => n,Wait(30)
@@ -82,6 +86,8 @@ class AsteriskPeer:
         self.tone_hz = tone_hz
         self.record_seconds = record_seconds
         self.proc: subprocess.Popen[bytes] | None = None
+        self.audiosocket_port = free_port()  # where its AudioSocket contexts and websocket client connect to
+        self.websocket_port = free_port()
         self._write_config()
 
     @property
@@ -92,14 +98,23 @@ class AsteriskPeer:
         etc, var = self.dir / "etc", self.dir / "var"
         for sub in ("etc", "var/lib", "var/spool", "var/log", "var/run", "var/cache", "recordings"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        for name in ("ari.conf", "http.conf", "extensions.conf", "rtp.conf"):
+        for name in ("ari.conf", "http.conf", "extensions.conf", "rtp.conf", "audiosocket.conf", "websocket.conf",
+                     "websocket_client.conf"):
             shutil.copy(PROJECT_CONFIG / name, etc / name)
+        audiosocket = re.subn(r"(?m)^SIP_TO_AI_AUDIOSOCKET=.*$",
+                              f"SIP_TO_AI_AUDIOSOCKET=127.0.0.1:{self.audiosocket_port}",
+                              (etc / "audiosocket.conf").read_text())
+        assert audiosocket[1] == 1, "SIP_TO_AI_AUDIOSOCKET not found exactly once"
+        (etc / "audiosocket.conf").write_text(audiosocket[0])
+        client = _replace((etc / "websocket_client.conf").read_text(), "uri",
+                          f"ws://127.0.0.1:{self.websocket_port}/media")
+        (etc / "websocket_client.conf").write_text(client)
         http = _replace((etc / "http.conf").read_text(), "bindport", str(self.port))
         (etc / "http.conf").write_text(http)
         (etc / "ari.conf").write_text(_replace((etc / "ari.conf").read_text(), "password", self.password))
         dialplan = TEST_DIALPLAN.format(freq=self.tone_hz, recordings=self.recordings, seconds=self.record_seconds)
         with (etc / "extensions.conf").open("a") as f:
-            f.write(dialplan)
+            f.write(dialplan + "\n#include audiosocket.conf\n#include websocket.conf\n")
         (etc / "modules.conf").write_text(
             "[modules]\nautoload = yes\n" + "".join(f"noload => {m}.so\n" for m in NOLOAD)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid as uuidlib
 from collections.abc import Awaitable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -215,25 +216,49 @@ class StasisApp:
 
         async def connect(call: Call) -> None:
             session.call = call
-            remote = await self._bridge_media(session, call.local_address)
-            call.update_media(MediaLeg(remote=remote, codec=self.codec))
+            await self._bridge_media(session, call)
 
-        reason = await self.core.serve_call(info, MediaLeg(remote=None, codec=self.codec), session, refuse=refuse,
-                                            connect=connect, gone=lambda: session.gone_reason)
+        leg = MediaLeg(remote=None, codec=self.codec, stream=self.settings.ari_media != "rtp")
+        reason = await self.core.serve_call(info, leg, session, refuse=refuse, connect=connect,
+                                            gone=lambda: session.gone_reason)
         if reason is not None:
             log.info("x ari call %s ended: %s", ch.id, reason)
 
-    async def _bridge_media(self, session: AriCall, local: Address) -> Address:
-        """ExternalMedia towards our RTP socket, a mixing bridge with both channels; returns Asterisk's RTP address."""
-        host, port = local
-        external_host = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    async def _bridge_media(self, session: AriCall, call: Call) -> None:
+        """ExternalMedia towards the call's media (ARI_MEDIA), a mixing bridge with both channels."""
+        if self.settings.ari_media == "rtp":
+            external_host, fmt, transport = _host_port(call.local_address), self.settings.ari_format, {}
+        else:
+            external_host, fmt, transport = self._stream_target(session, call)
         self.media_ids.add(session.media_id)
         session.media_created = True  # from here on release() deletes it (404 if the POST failed is fine)
-        media = await self.ari.external_media(session.media_id, external_host, self.settings.ari_format)
+        media = await self.ari.external_media(session.media_id, external_host, fmt, **transport)
         session.bridge_created = True
         await self.ari.create_bridge(session.bridge_id, f"sip-to-ai {session.channel.id}")
         await self._add_when_in_stasis(session)
-        return await self._media_address(media)
+        if self.settings.ari_media == "rtp":
+            call.update_media(MediaLeg(remote=await self._media_address(media), codec=self.codec))
+
+    def _stream_target(self, session: AriCall, call: Call) -> tuple[str, str, dict[str, str]]:
+        """(external_host, format, transport parameters) of a stream ExternalMedia channel, after telling the
+        core which id its connection will present (pbx.md §1.4, resource_channels.c external_media_*).
+
+        AudioSocket: Asterisk connects to AUDIOSOCKET_LISTEN and sends `data` (a UUID) first; format slin, which
+        the AudioSocket ingress converts. chan_websocket: Asterisk connects as the client of the
+        websocket_client.conf section ARI_WEBSOCKET_CLIENT and MEDIA_START names the channel id we choose here.
+        """
+        s = self.settings
+        if s.ari_media == "audiosocket":
+            assert s.audiosocket_listen is not None  # config checks it
+            host, port = s.audiosocket_listen
+            if host in ANY_ADDRESS:  # listening everywhere: Asterisk reaches us where RTP would
+                host = s.media_host
+            stream_id = str(uuidlib.uuid4())
+            self.core.expect_stream(stream_id, call)
+            return _host_port((host, port)), "slin", {"encapsulation": "audiosocket", "transport": "tcp",
+                                                       "data": stream_id}
+        self.core.expect_stream(session.media_id, call)
+        return s.ari_websocket_client, s.ari_format, {"transport": "websocket", "encapsulation": "none"}
 
     async def _add_when_in_stasis(self, session: AriCall) -> None:
         """addChannel once the ExternalMedia channel is in Stasis.
@@ -316,6 +341,11 @@ class StasisApp:
             log.warning("! ari: cannot delete %s %s: %s", kind, ident, exc)
             if exc.status is None:
                 self.orphans.add((kind, ident))
+
+
+def _host_port(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _url_host(url: str) -> str:

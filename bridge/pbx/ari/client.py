@@ -162,8 +162,9 @@ class AriClient:
     async def redirect(self, channel_id: str, endpoint: str) -> None:
         await self.request("POST", f"/channels/{channel_id}/redirect", endpoint=endpoint)
 
-    async def external_media(self, channel_id: str, external_host: str, fmt: str) -> Channel:
-        """An RTP ExternalMedia channel sending to `external_host` (host:port); it enters our app too."""
+    async def external_media(self, channel_id: str, external_host: str, fmt: str, **transport: str) -> Channel:
+        """An ExternalMedia channel towards `external_host`; it enters our app too. RTP by default; `transport`
+        adds encapsulation/transport/data for AudioSocket or chan_websocket (pbx.md §1.4)."""
         reply = await self.request(
             "POST",
             "/channels/externalMedia",
@@ -171,6 +172,7 @@ class AriClient:
             external_host=external_host,
             format=fmt,
             channelId=channel_id,
+            **transport,
         )
         return _model(Channel.parse, reply, "Channel")
 
