@@ -72,6 +72,9 @@ class AudioSocketSession:
         self._resampler_rate = 0
         self._pending: list[wire.Message] = []  # what arrived with the UUID
         self.failures = 0
+        # DTMF over the connection reaches the agent, except on an ARI call: the bridge passes the caller's keys
+        # to the ExternalMedia channel too, and ARI already reports them (ChannelDtmfReceived); once is enough.
+        self.digits = True
 
     async def run(self) -> None:
         try:
@@ -84,6 +87,7 @@ class AudioSocketSession:
         call = self.core.claim_stream(uuid)
         if call is not None:  # an ExternalMedia channel of a call the ARI ingress runs: media only
             self.log.info("= media connection for %s", call.call_id)
+            self.digits = False
             await self.carry(call)
             return
         await self._dialplan_call(uuid)
@@ -141,7 +145,7 @@ class AudioSocketSession:
             match message:
                 case wire.Audio(pcm=pcm, rate=rate):
                     endpoint.receive(self._to_g711(pcm, rate))  # type: ignore[union-attr]
-                case wire.Digit(key=key):
+                case wire.Digit(key=key) if self.digits:
                     call.dtmf(key)
                 case wire.Hangup():
                     return "asterisk sent hang-up"

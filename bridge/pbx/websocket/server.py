@@ -68,6 +68,9 @@ class MediaSession:
         self.garbage = 0
         self.dropped = 0
         self._out: deque[bytes] = deque()
+        # DTMF_END reaches the agent, except on an ARI call: the bridge passes the caller's keys to the
+        # ExternalMedia channel too, and ARI already reports them (ChannelDtmfReceived); once is enough.
+        self.digits = True
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
@@ -88,6 +91,7 @@ class MediaSession:
         call = self.core.claim_stream(start.channel_id)
         if call is not None:  # the ExternalMedia channel of a call the ARI ingress runs: media only
             self.log.info("= media connection for %s", call.call_id)
+            self.digits = False
             await self.carry(call)
             return
         await self._dialplan_call(start, codec)
@@ -167,7 +171,7 @@ class MediaSession:
             self.log.warning("! dropped websocket message: %s (%d so far)", exc, self.garbage)
             return
         match event:
-            case DtmfEnd(digit=digit):
+            case DtmfEnd(digit=digit) if self.digits:
                 call.dtmf(digit)
             case FlowControl(paused=paused):
                 self.paused = paused
