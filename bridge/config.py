@@ -47,6 +47,13 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _at_least_one(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise ValueError(f"must be at least 1, got {v!r}")
+    return n
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(v: str) -> str:
         low = v.strip().lower()
@@ -124,6 +131,7 @@ class Settings:
     sip_ringing: bool = _env("SIP_RINGING", False, _bool)
     sip_transfer_mode: str = _env("SIP_TRANSFER_MODE", "refer", _choice("refer", "bye"))
     sip_force_rport: bool = _env("SIP_FORCE_RPORT", False, _bool)  # answer to the source port as if Via had rport
+    sip_session_min_se: int = _env("SIP_SESSION_MIN_SE", 90, _at_least_one)  # RFC 4028 Min-SE, seconds
 
     # transfer defaults shared by the ingresses
     transfer_context: str = _env("TRANSFER_CONTEXT", "default")

@@ -9,6 +9,7 @@ from bridge.media import Address
 from bridge.sip import grammar as g
 from bridge.sip.message import NameAddr, Request
 from bridge.sip.sdp import Negotiated
+from bridge.sip.timer import SessionTimer
 from bridge.sip.transaction import T1, T2, TIMEOUT
 
 
@@ -66,6 +67,10 @@ class Dialog:
     invite_key: tuple[str, ...] = ()
     answer_key: tuple[object, ...] = ()  # what our last SDP said: a change bumps the o= version (RFC 3264 §8)
     stream_peer: Address | None = None  # the INVITE came over TCP: our requests go back on that connection
+    local_sdp: bytes = b""  # the SDP we last sent: our re-INVITE offers it unchanged, version kept (RFC 3264 §8)
+    timer: SessionTimer | None = None  # RFC 4028, when the caller asked for one
+    peer_update: bool = False  # the caller's Allow lists UPDATE (RFC 3311): our refreshes use it
+    invite_out: bool = False  # our re-INVITE awaits its final response (its offer is outstanding)
 
     @property
     def remote_tag(self) -> str:
@@ -80,9 +85,10 @@ class Dialog:
         return g.uri_hostport(first)
 
     def request(self, method: str, via_host: str, via_port: int, transport: str,
-                extra: list[tuple[str, str]] | None = None, body: bytes = b"") -> Request:
-        """A request inside the dialog with our next CSeq (§12.2.1.1)."""
-        self.local_cseq += 1
+                extra: list[tuple[str, str]] | None = None, body: bytes = b"", cseq: int | None = None) -> Request:
+        """A request inside the dialog with our next CSeq (§12.2.1.1), or `cseq` (the ACK of a 2xx, §13.2.2.4)."""
+        if cseq is None:
+            self.local_cseq += 1
         uri, routes = self.remote_target, list(self.route_set)
         params = NameAddr.parse(routes[0]).uri.lower().split(";")[1:] if routes else []
         if routes and "lr" not in (p.split("=")[0].strip() for p in params):
@@ -91,7 +97,7 @@ class Dialog:
         host = f"[{via_host}]" if ":" in via_host else via_host
         headers = [("via", f"SIP/2.0/{transport} {host}:{via_port};branch={new_branch()};rport"),
                    ("max-forwards", "70"), ("from", f"{self.local_uri};tag={self.local_tag}"),
-                   ("to", self.remote_uri), ("call-id", self.call_id), ("cseq", f"{self.local_cseq} {method}")]
+                   ("to", self.remote_uri), ("call-id", self.call_id), ("cseq", f"{cseq or self.local_cseq} {method}")]
         headers += [("route", r) for r in routes]
         headers += extra or []
         return Request(headers, body, method=method, uri=uri)

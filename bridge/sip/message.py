@@ -19,7 +19,7 @@ SINGLE = ("call-id", "cseq", "from", "to", "content-length", "max-forwards", "co
 LIST = ("via", "route", "record-route", "contact", "allow", "supported", "require", "accept", "proxy-require")
 CANONICAL = {
     "call-id": "Call-ID", "cseq": "CSeq", "www-authenticate": "WWW-Authenticate", "mime-version": "MIME-Version",
-    "rack": "RAck", "rseq": "RSeq", "p-asserted-identity": "P-Asserted-Identity",
+    "rack": "RAck", "rseq": "RSeq", "p-asserted-identity": "P-Asserted-Identity", "min-se": "Min-SE",
 }
 
 
@@ -171,6 +171,7 @@ REASONS = {
     100: "Trying", 180: "Ringing", 200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden",
     405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout", 413: "Request Entity Too Large",
     415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    422: "Session Interval Too Small",
     480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist", 482: "Loop Detected",
     487: "Request Terminated", 488: "Not Acceptable Here", 491: "Request Pending", 500: "Server Internal Error",
     501: "Not Implemented", 503: "Service Unavailable", 505: "Version Not Supported", 513: "Message Too Large",

@@ -4,6 +4,9 @@ Server INVITE: Proceeding -> (non-2xx) Completed [G retransmits, H waits for the
                (2xx) Accepted [RFC 6026 Timer L; the 2xx itself is retransmitted by the dialog, §13.3.1.4].
 Server non-INVITE: Trying -> Completed [J answers retransmissions] -> gone.
 Client non-INVITE: Trying [E retransmits T1..T2, F gives up after 64·T1 with a local 408] -> done.
+Client INVITE (our session refresh): Calling [A retransmits T1, 2·T1, ..., B gives up after 64·T1] ->
+               (non-2xx) Completed [our ACK, resent for each retransmitted final; D] -> gone;
+               (2xx) Accepted [RFC 6026 Timer M: the dialog's ACK is resent for each retransmitted 2xx].
 """
 
 from __future__ import annotations
@@ -92,39 +95,67 @@ class ServerTransaction:
 
 
 class ClientTransaction:
-    """One non-INVITE request we send (BYE, REFER, re-sent on UDP with Timer E until a final response)."""
+    """One request we send in a dialog: BYE, REFER, UPDATE re-sent on UDP with Timer E, a re-INVITE with Timer A,
+    until a final response. An INVITE's transaction then lingers (Timer D / M) to answer a retransmitted final
+    response with its ACK again: ours for an error (§17.1.1.3), the dialog's for a 2xx (§13.2.2.4, RFC 6026)."""
 
     def __init__(self, call_id: str, request: Request, dest: Address, reliable: bool, now: float) -> None:
         self.call_id = call_id
+        self.request = request
         self.method = request.method
+        self.invite = request.method == "INVITE"
         self.branch = Via.parse(request.values("via")[0]).branch
         self.data = bytes(request)
         self.dest = dest
         self.final = 0
+        self.ack: bytes | None = None  # what answers a retransmitted final response (INVITE only)
+        self.linger_until: float | None = None
         self._interval = T1
         self._e_next: float | None = None if reliable else now + T1
         self._f = now + TIMEOUT
 
-    def on_response(self, resp: Response) -> bool:
-        """Feed a response matched on the branch; True once it is final."""
+    def on_response(self, resp: Response, now: float) -> bool:
+        """Feed a response matched on the branch; True for the first final one."""
+        if self.final:
+            return False
         if resp.status < 200:
-            self._interval = T2  # §17.1.2.2: after a provisional, retransmit every T2
+            if self.invite:
+                self._e_next = None  # §17.1.1.2: Proceeding, no more retransmissions
+            else:
+                self._interval = T2  # §17.1.2.2: after a provisional, retransmit every T2
             return False
         self.final = resp.status
+        if self.invite:
+            self.linger_until = now + TIMEOUT
+            if resp.status >= 300:
+                self.ack = bytes(self.ack_for(resp))
         return True
 
+    def ack_for(self, resp: Response) -> Request:
+        """§17.1.1.3: the ACK of an error response: the INVITE's R-URI, top Via, From, Call-ID, Route; its To."""
+        headers = [("via", self.request.values("via")[0])]
+        headers += [(n, v) for n, v in self.request.headers if n in ("max-forwards", "from", "call-id", "route")]
+        headers += [("to", resp.get("to") or ""), ("cseq", f"{self.request.cseq()[0]} ACK")]
+        return Request(headers, method="ACK", uri=self.request.uri)
+
     def next_deadline(self) -> float | None:
-        return None if self.final else min(t for t in (self._e_next, self._f) if t is not None)
+        if self.final:
+            return self.linger_until
+        return min(t for t in (self._e_next, self._f) if t is not None)
 
     def on_timer(self, now: float) -> bytes | None:
-        """Timer F: local 408; Timer E: the request again."""
+        """Timer F / B: local 408; Timer E / A: the request again."""
         if self.final:
             return None
         if now >= self._f:
             self.final = 408
             return None
         if self._e_next is not None and now >= self._e_next:
-            self._interval = min(2 * self._interval, T2)
+            self._interval = 2 * self._interval if self.invite else min(2 * self._interval, T2)
             self._e_next = now + self._interval
             return self.data
         return None
+
+    def done(self, now: float) -> bool:
+        """Final, and (an INVITE) no longer lingering for retransmitted final responses."""
+        return self.final > 0 and (self.linger_until is None or now >= self.linger_until)

@@ -83,7 +83,8 @@ class SipServer:
         self.address = (host, port)
         transport = "UDP" if self._udp else "TCP"
         self.uas = Uas(UasConfig(advertised_host(host, self.settings.media_address), port, transport,
-                                 ringing=self.settings.sip_ringing, force_rport=self.settings.sip_force_rport))
+                                 ringing=self.settings.sip_ringing, force_rport=self.settings.sip_force_rport,
+                                 min_se=self.settings.sip_session_min_se))
 
     def close(self) -> None:
         if self._timer is not None:

@@ -3,10 +3,13 @@
 The transport feeds datagrams in and sends what comes out; the call layer answers IncomingCall with answer() or
 reject() and ends calls with hangup() or refer(). Every request is answered where RFC 3261 says (§8.2, §17.2,
 §18.2.2 with RFC 3581 rport); a message that cannot be parsed gets 400 when a Via routes it back, else it is dropped.
+Session timers (RFC 4028, bridge/sip/timer.py) are deadlines like the transactions' timers: when we refresh, the
+refresh goes out from handle_timer(); when the caller refreshes and stops, the call ends there with CallEnded + BYE.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from bridge.errors import ParseError
 from bridge.media import Address
 from bridge.sip import grammar as g
 from bridge.sip import message, sdp
+from bridge.sip import timer as session_timer
 from bridge.sip.dialog import Dialog, Pending2xx, new_tag
 from bridge.sip.events import (
     CallCancelled,
@@ -28,9 +32,11 @@ from bridge.sip.events import (
     RequestDone,
 )
 from bridge.sip.message import Request, Response, SipParseError, Via
+from bridge.sip.timer import RETRY_FLOOR, SessionTimer, TooBrief
 from bridge.sip.transaction import ClientTransaction, ServerTransaction, server_key
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, NOTIFY"
+SUPPORTED = "timer"  # the extensions we understand (a Require of anything else gets 420)
 SCHEMES = ("sip", "sips", "tel")
 ACCEPTED_TYPES = ("application/sdp", "application/*", "*/*")
 METADATA_HEADERS = ("p-asserted-identity", "remote-party-id", "diversion", "referred-by", "user-to-user")
@@ -46,6 +52,7 @@ class UasConfig:
     ringing: bool = False  # send 180 Ringing before the answer (SIP_RINGING)
     force_rport: bool = False  # answer to the packet's source, as if every Via had rport (SIP_FORCE_RPORT)
     retry_after: int = 30  # seconds, on 503
+    min_se: int = session_timer.MIN_SE  # the shortest session interval we accept (SIP_SESSION_MIN_SE)
     server: str = "sip-to-ai"
 
 
@@ -78,7 +85,7 @@ class Uas:
             self._malformed(exc, source)
             return
         if isinstance(msg, Response):
-            self._on_response(msg)
+            self._on_response(msg, now)
         else:
             self._on_request(msg, source, now, reliable)
 
@@ -94,6 +101,7 @@ class Uas:
         times = [t.next_deadline() for t in self._server.values()]
         times += [c.next_deadline() for c in self._client.values()]
         times += [min(d.pending_2xx.next_at, d.pending_2xx.give_up) for d in self._dialogs.values() if d.pending_2xx]
+        times += [d.timer.due for d in self._dialogs.values() if d.timer is not None and d.state != "early"]
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
@@ -105,12 +113,15 @@ class Uas:
                 del self._server[key]
         for dialog in list(self._dialogs.values()):
             self._retransmit_2xx(dialog, now)
+            self._session_timer(dialog, now)
         for branch, ct in list(self._client.items()):
+            was_final = ct.final
             if (data := ct.on_timer(now)) is not None:
                 self._send(data, ct.dest)
-            if ct.final:
+            if ct.final and not was_final:  # Timer F / B: a local 408
+                self._client_done(ct, None, now)
+            if ct.done(now):
                 del self._client[branch]
-                self._events.append(RequestDone(ct.call_id, ct.method, ct.final))
 
     # -- what the call layer does ----------------------------------------------------------------------------
 
@@ -122,6 +133,7 @@ class Uas:
             return False
         dialog.local_media = local_media
         body = sdp.build(dialog.negotiated, local_media, dialog.session_id, dialog.sdp_version, dialog.offer_sent)
+        dialog.local_sdp = body
         self._answer_2xx(dialog, txn, body, now)
         return True
 
@@ -192,9 +204,9 @@ class Uas:
         if scheme not in SCHEMES:
             return 416, []
         if req.method != "CANCEL":
-            required = [r for r in req.values("require") if r]
-            if required:
-                return 420, [("unsupported", ", ".join(required))]
+            unknown = [r for r in req.values("require") if r and r.lower() != SUPPORTED]
+            if unknown:
+                return 420, [("unsupported", ", ".join(unknown))]
         if req.method in ("INVITE", "UPDATE") and req.body:
             ctype = (req.get("content-type") or "").split(";")[0].strip().lower()
             if ctype != "application/sdp":
@@ -216,6 +228,9 @@ class Uas:
         if self.unavailable:
             self._reply(txn, 503, now, "", [("retry-after", str(self.config.retry_after))])
             return
+        answered, timer = self._negotiate_timer(txn, now, "")
+        if answered:
+            return
         try:
             neg = sdp.negotiate(sdp.SessionDescription.parse(req.body)) if req.body else sdp.default_offer()
         except ParseError as exc:
@@ -224,6 +239,7 @@ class Uas:
         self._send(txn.respond(message.response(req, 100), now), txn.dest)
         dialog = self._new_dialog(req, neg, server_key(req))
         dialog.stream_peer = txn.dest if txn.reliable else None
+        dialog.timer = timer  # started by our 2xx
         if self.config.ringing:
             self._reply(txn, 180, now, dialog.local_tag, self._dialog_headers(req))
         self._events.append(IncomingCall(call_id, _user(req.get("from")), g.uri_user(req.uri) or _user(req.get("to")),
@@ -236,6 +252,7 @@ class Uas:
                         req.values("record-route"), req.cseq()[0], neg, invite_key=key)
         dialog.offer_sent = not req.body
         dialog.answer_key = _answer_key(neg)
+        dialog.peer_update = _allows_update(req)
         self._dialogs[dialog.call_id] = dialog
         return dialog
 
@@ -246,36 +263,74 @@ class Uas:
             self._answer_2xx(dialog, txn, body, now)
 
     def _on_update(self, txn: ServerTransaction, now: float) -> None:
+        """RFC 3311: with SDP an offer we answer (media follows as for a re-INVITE), without SDP a refresh."""
         dialog = self._offer_in_dialog(txn, now)
         if dialog is not None:
             body = self._local_sdp(dialog, txn.request) if txn.request.body else b""
-            extra = [("contact", f"<{self._contact_uri()}>")] + ([("content-type", "application/sdp")] if body else [])
+            extra = [("contact", f"<{self._contact_uri()}>"), ("supported", SUPPORTED)]
+            extra += self._timer_started(dialog, now) if dialog.state != "early" else []
+            extra += [("content-type", "application/sdp")] if body else []
             self._reply(txn, 200, now, dialog.local_tag, extra, body)
 
     def _offer_in_dialog(self, txn: ServerTransaction, now: float) -> Dialog | None:
-        """re-INVITE/UPDATE checks and the new offer (§14.2, RFC 3311); None when an error was answered."""
+        """re-INVITE/UPDATE checks, the session timer and the new offer (§14.2, RFC 3311 §5.2, RFC 4028 §9).
+
+        None when an error was answered; nothing about the dialog changes then (§12.2.2).
+        """
         req = txn.request
         dialog = self._dialog_for(req)
         if dialog is None:
             self._reply(txn, 481, now)
             return None
         cseq = req.cseq()[0]
-        if cseq <= dialog.remote_cseq or (req.method == "INVITE" and dialog.pending_2xx is not None):
+        invite = req.method == "INVITE"
+        if cseq <= dialog.remote_cseq or (invite and dialog.pending_2xx is not None) or (
+                req.body and dialog.state == "early"):  # the INVITE's offer is not answered yet (RFC 3311 §5.2)
             self._reply(txn, 500, now, dialog.local_tag, [("retry-after", "1")])
             return None
+        if dialog.invite_out and (invite or req.body) or (req.body and dialog.offer_sent):
+            self._reply(txn, 491, now, dialog.local_tag)  # glare: our offer is outstanding (§14.2, RFC 3311 §5.2)
+            return None
+        answered, timer = self._negotiate_timer(txn, now, dialog.local_tag)
+        if answered:
+            return None
+        neg = dialog.negotiated
+        if req.body:
+            try:
+                neg = sdp.negotiate(sdp.SessionDescription.parse(req.body))
+            except ParseError as exc:
+                self._reply(txn, exc.status_hint, now, dialog.local_tag)
+                return None
         dialog.remote_cseq = cseq
         if contact := req.values("contact"):
             dialog.remote_target = message.NameAddr.parse(contact[0]).uri  # target refresh (§12.2.2)
-        if not req.body:
-            return dialog
-        try:
-            neg = sdp.negotiate(sdp.SessionDescription.parse(req.body))
-        except ParseError as exc:
-            self._reply(txn, exc.status_hint, now, dialog.local_tag)
-            return None
-        dialog.negotiated = neg
-        self._events.append(MediaChanged(dialog.call_id, _media(neg)))
+        if req.get("allow") is not None:
+            dialog.peer_update = _allows_update(req)
+        if dialog.state != "early":  # an early UPDATE refreshes nothing: the timer starts with the 2xx to the INVITE
+            dialog.timer = timer
+        if req.body:
+            dialog.negotiated = neg
+            self._events.append(MediaChanged(dialog.call_id, _media(neg)))
         return dialog
+
+    def _negotiate_timer(self, txn: ServerTransaction, now: float, tag: str) -> tuple[bool, SessionTimer | None]:
+        """RFC 4028 §9 for an INVITE, re-INVITE or UPDATE: (True, None) when 422 or 400 was answered."""
+        try:
+            agreed = session_timer.negotiate(txn.request, self.config.min_se)
+        except ParseError as exc:
+            self._reply(txn, exc.status_hint, now, tag, [("warning", f'399 sip-to-ai "{exc}"')])
+            return True, None
+        if isinstance(agreed, TooBrief):
+            self._reply(txn, 422, now, tag, [("min-se", str(agreed.min_se))])
+            return True, None
+        return False, agreed
+
+    def _timer_started(self, dialog: Dialog, now: float) -> list[tuple[str, str]]:
+        """Our 2xx to an INVITE, re-INVITE or UPDATE (re)starts the session timer: its headers (RFC 4028 §9)."""
+        if dialog.timer is None:
+            return []
+        dialog.timer.start(now)
+        return dialog.timer.response_headers()
 
     def _local_sdp(self, dialog: Dialog, req: Request) -> bytes:
         """Our answer (or, without an offer, our current SDP as an offer); `o=` version bumps only on change."""
@@ -285,7 +340,8 @@ class Uas:
         dialog.answer_key = key
         dialog.offer_sent = req.method == "INVITE" and not req.body
         local = dialog.local_media or (self.config.host, 9)
-        return sdp.build(dialog.negotiated, local, dialog.session_id, dialog.sdp_version, dialog.offer_sent)
+        dialog.local_sdp = sdp.build(dialog.negotiated, local, dialog.session_id, dialog.sdp_version, dialog.offer_sent)
+        return dialog.local_sdp
 
     def _on_cancel(self, txn: ServerTransaction, now: float) -> None:
         key = server_key(txn.request)
@@ -320,7 +376,7 @@ class Uas:
             self._reply(txn, 481, now)
             return
         tag = dialog.local_tag if dialog else ""
-        extra = [("allow", ALLOW), ("accept", "application/sdp")]
+        extra = [("allow", ALLOW), ("accept", "application/sdp"), ("supported", SUPPORTED)]
         if self.unavailable and dialog is None:
             self._reply(txn, 503, now, "", extra + [("retry-after", str(self.config.retry_after))])
         else:
@@ -367,21 +423,116 @@ class Uas:
         if dialog.bye_wanted:
             self._bye(dialog, now)
 
-    # -- responses we receive (to our BYE / REFER) ---------------------------------------------------------------
+    # -- responses we receive (to our BYE / REFER / session refresh) -----------------------------------------------
 
-    def _on_response(self, resp: Response) -> None:
+    def _on_response(self, resp: Response, now: float) -> None:
         ct = self._client.get(resp.vias()[0].branch)
         if ct is None:
             self.stats["stray_response"] += 1
             return
-        if ct.on_response(resp):
-            del self._client[ct.branch]
-            self._events.append(RequestDone(ct.call_id, ct.method, resp.status))
+        if ct.final:  # a final response again: our INVITE's ACK again (§17.1.1.2, §13.2.2.4)
+            if ct.ack is not None and resp.status >= 200:
+                self._send(ct.ack, ct.dest)
+            return
+        if ct.on_response(resp, now):
+            if ct.ack is not None:
+                self._send(ct.ack, ct.dest)
+            self._client_done(ct, resp, now)
+            if ct.done(now):
+                del self._client[ct.branch]
+
+    def _client_done(self, ct: ClientTransaction, resp: Response | None, now: float) -> None:
+        """Our request's final response (None: it timed out, 408): the call layer's, or our refresh's."""
+        if ct.method not in ("INVITE", "UPDATE"):
+            self._events.append(RequestDone(ct.call_id, ct.method, ct.final))
+            return
+        dialog = self._dialogs.get(ct.call_id)
+        if dialog is None:
+            return
+        if ct.invite:
+            dialog.invite_out = False
+        if resp is not None and resp.status < 300 and ct.invite:
+            ack = dialog.request("ACK", self.config.host, self.config.port, "TCP" if ct.dest == dialog.stream_peer
+                                 else "UDP", cseq=ct.request.cseq()[0])
+            ct.ack = bytes(ack)
+            self._send(ct.ack, ct.dest)
+            self._refresh_answer(dialog, resp)
+        if dialog.timer is not None:
+            self._refresh_done(dialog, dialog.timer, ct, resp, now)
+
+    def _refresh_answer(self, dialog: Dialog, resp: Response) -> None:
+        """The 2xx to our re-INVITE answers our unchanged offer: media follows if the caller moved it."""
+        try:
+            neg = sdp.negotiate(sdp.SessionDescription.parse(resp.body))
+        except ParseError:
+            self.stats["bad_refresh_answer"] += 1
+            return
+        if (neg.remote, neg.sending) != (dialog.negotiated.remote, dialog.negotiated.sending):
+            dialog.negotiated = dataclasses.replace(dialog.negotiated, remote=neg.remote, direction=neg.direction)
+            self._events.append(MediaChanged(dialog.call_id, _media(dialog.negotiated)))
+
+    def _refresh_done(self, dialog: Dialog, timer: SessionTimer, ct: ClientTransaction, resp: Response | None,
+                      now: float) -> None:
+        """RFC 4028 §7.2-§7.4, §10: a 2xx restarts the interval; 408/481 end the call; others try again."""
+        status = ct.final
+        if 200 <= status < 300 and resp is not None:
+            try:
+                timer.answered(resp.get("session-expires"), now)
+            except ParseError:
+                timer.start(now)
+        elif status in (408, 481):
+            self._end_session(dialog, f"session refresh ({ct.method}) failed: {status}", now)
+        elif status == 422 and resp is not None and self._min_se(resp) > timer.interval:
+            timer.interval = self._min_se(resp)  # §7.3: again at once, with the interval asked for
+            timer.in_flight, timer.retry_at = False, now
+        elif status in (405, 501) and ct.method == "UPDATE":
+            dialog.peer_update = False  # the caller does not take UPDATE after all: re-INVITE at once
+            timer.in_flight, timer.retry_at = False, now
+        else:
+            timer.retry(now)
+
+    @staticmethod
+    def _min_se(resp: Response) -> int:
+        try:
+            return session_timer.parse_min_se(resp.get("min-se"))
+        except ParseError:
+            return 0
+
+    def _session_timer(self, dialog: Dialog, now: float) -> None:
+        """Our refresh when due (UPDATE if the caller allows it, else re-INVITE with our SDP); BYE on expiry."""
+        timer = dialog.timer
+        if timer is None or dialog.state == "early":
+            return
+        action = timer.action(now)
+        if action == "expire":
+            self._end_session(dialog, f"session timer expired: no refresh within {timer.interval} s", now)
+        elif action == "refresh":
+            if dialog.state != "confirmed" or dialog.invite_out or dialog.offer_sent:
+                timer.retry_at = now + RETRY_FLOOR  # not while an ACK or an answer is outstanding
+                return
+            extra = timer.request_headers() + [("contact", f"<{self._contact_uri()}>"), ("allow", ALLOW)]
+            timer.in_flight = True
+            if dialog.peer_update:
+                self._send_in_dialog(dialog, "UPDATE", now, extra)
+                return
+            dialog.invite_out = True
+            self._send_in_dialog(dialog, "INVITE", now, extra + [("content-type", "application/sdp")],
+                                 dialog.local_sdp)
+
+    def _end_session(self, dialog: Dialog, reason: str, now: float) -> None:
+        """The session is over by RFC 4028: the call ends, the caller gets BYE (after the ACK if it is due)."""
+        dialog.timer = None
+        self._events.append(CallEnded(dialog.call_id, reason))
+        if dialog.pending_2xx is not None:
+            dialog.bye_wanted = True
+        else:
+            self._bye(dialog, now)
 
     # -- helpers -------------------------------------------------------------------------------------------
 
     def _answer_2xx(self, dialog: Dialog, txn: ServerTransaction, body: bytes, now: float) -> None:
-        extra = self._dialog_headers(txn.request) + [("allow", ALLOW)]
+        extra = self._dialog_headers(txn.request) + [("allow", ALLOW), ("supported", SUPPORTED)]
+        extra += self._timer_started(dialog, now)
         extra += [("content-type", "application/sdp")] if body else []
         resp = message.response(txn.request, 200, dialog.local_tag, extra, body)
         data = txn.respond(resp, now)
@@ -403,17 +554,20 @@ class Uas:
             pending.advance()
 
     def _bye(self, dialog: Dialog, now: float) -> None:
-        dialog.state = "terminated"
+        dialog.state, dialog.timer = "terminated", None
         self._dialogs.pop(dialog.call_id, None)
         self._send_in_dialog(dialog, "BYE", now)
 
     def _send_in_dialog(self, dialog: Dialog, method: str, now: float,
-                        extra: list[tuple[str, str]] | None = None) -> None:
+                        extra: list[tuple[str, str]] | None = None, body: bytes = b"") -> None:
         reliable = dialog.stream_peer is not None
-        req = dialog.request(method, self.config.host, self.config.port, "TCP" if reliable else "UDP", extra)
+        req = dialog.request(method, self.config.host, self.config.port, "TCP" if reliable else "UDP", extra, body)
         dest = dialog.stream_peer or dialog.next_hop()  # connection reuse on TCP, like the responses
         if dest is None:
-            self._events.append(RequestDone(dialog.call_id, method, 416))
+            if method in ("INVITE", "UPDATE"):
+                self._end_session(dialog, "session refresh impossible: no route to the caller", now)
+            else:
+                self._events.append(RequestDone(dialog.call_id, method, 416))
             return
         ct = ClientTransaction(dialog.call_id, req, dest, reliable, now)
         self._client[ct.branch] = ct
@@ -488,6 +642,10 @@ class Uas:
 def _drop_param(value: str, name: str) -> str:
     pieces = g.split_list(value, ";")
     return ";".join([pieces[0]] + [p for p in pieces[1:] if p.strip().split("=")[0].strip().lower() != name])
+
+
+def _allows_update(req: Request) -> bool:
+    return any(m.upper() == "UPDATE" for m in req.values("allow"))
 
 
 def _user(value: str | None) -> str:
