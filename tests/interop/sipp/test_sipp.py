@@ -122,3 +122,50 @@ async def test_adapter_bye_after_the_agent_hangs_up(tmp_path):
         assert not server.core.calls
     assert code == 0
     assert re.search(r"UDP message received.*\n\s*\nBYE sip:sipp@", trace)
+
+
+# -- RFC 4028 session timers, with SIP_SESSION_MIN_SE lowered so that a 3-4 s interval is accepted ------------------
+
+
+def _sent_at(trace: str, start_line: str) -> list[datetime]:
+    """When sipp received each message whose start line begins with `start_line`."""
+    stamps = re.findall(r"-{10,} (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d\.\d+)\s*\n\s*UDP message received \[\d+\] bytes :"
+                        rf"\s*\n\s*{re.escape(start_line)}", trace)
+    return [datetime.strptime(" ".join(s.split()[:2]), "%Y-%m-%d %H:%M:%S.%f") for s in stamps]
+
+
+async def test_session_timer_caller_refreshes_by_update(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="bridge.call")
+    async with live_server(sip_session_min_se=2) as server:
+        code, trace = await run_sipp("timer_uac_update", server.address[1], tmp_path)
+        await asyncio.sleep(0.2)
+    assert code == 0  # 7 s of a 4 s session, refreshed every 2 s: no BYE from us (sipp would fail on it)
+    assert "BYE sip:sipp@" not in trace
+    ended = [r.getMessage() for r in caplog.records if "call ended" in r.getMessage()]
+    assert ended and "caller hung up" in ended[0]
+
+
+@pytest.mark.parametrize("scenario", ["timer_uas_update", "timer_uas_reinvite"])
+async def test_session_timer_we_refresh(scenario, tmp_path):
+    async with live_server(sip_session_min_se=2) as server:
+        code, trace = await run_sipp(scenario, server.address[1], tmp_path)
+    assert code == 0
+    method = "UPDATE" if scenario == "timer_uas_update" else "INVITE"
+    ok = _sent_at(trace, "SIP/2.0 200 OK")[0]
+    refreshes = _sent_at(trace, f"{method} sip:sipp@")
+    gaps = [(b - a).total_seconds() for a, b in zip([ok, *refreshes], refreshes, strict=False)]
+    print(f"{method} refreshes after the 200 OK / each other (s):", gaps)
+    assert len(gaps) == 2 and all(1.7 < g < 2.6 for g in gaps)  # half the 4 s interval
+
+
+async def test_session_timer_no_refresh_gets_our_bye(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    async with live_server(sip_session_min_se=2) as server:
+        code, trace = await run_sipp("timer_no_refresh", server.address[1], tmp_path)
+        await asyncio.sleep(0.2)
+        assert not server.core.calls
+    assert code == 0
+    gap = (_sent_at(trace, "BYE sip:sipp@")[0] - _sent_at(trace, "SIP/2.0 200 OK")[0]).total_seconds()
+    print("BYE after the 200 OK (s):", gap)
+    assert 1.7 < gap < 2.6  # 3 s - min(32 s, 3 s / 3)
+    assert any("session timer expired" in r.getMessage() for r in caplog.records)
