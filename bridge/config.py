@@ -87,6 +87,10 @@ def _hostport(v: str) -> tuple[str, int] | None:
     return host.strip("[]"), _port(port)
 
 
+def _listen(v: str) -> tuple[str, int] | None:
+    return None if v.strip().lower() in ("off", "") else _hostport(v)
+
+
 def _env(name: str, default: Any, parse: Callable[[str], Any] = str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": name, "parse": parse, "secret": secret})
 
@@ -109,7 +113,7 @@ class Settings:
     ai_vendor: str = _env("AI_VENDOR", "echo", _choice(*VENDORS))
     agent_prompt_file: str = _env("AGENT_PROMPT_FILE", "")
     log_level: str = _env("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"))
-    log_format: str = _env("LOG_FORMAT", "json", _choice("json", "text"))
+    log_format: str = _env("LOG_FORMAT", "", _choice("json", "text", ""))  # empty: text on a terminal, else json
 
     # media core
     rtp_port_min: int = _env("RTP_PORT_MIN", 10000, _port)
@@ -121,6 +125,13 @@ class Settings:
     uplink_buf_frames: int = _env("UPLINK_BUF_FRAMES", 100, _positive(int))
     downlink_buf_frames: int = _env("DOWNLINK_BUF_FRAMES", 200, _positive(int))
     drain_seconds: float = _env("SHUTDOWN_DRAIN_SEC", 10.0, _positive(float))
+
+    # operations: admin endpoint, per-call records, webhooks
+    admin_listen: tuple[str, int] | None = _env("ADMIN_LISTEN", ("127.0.0.1", 8090), _listen)
+    call_records_dir: str = _env("CALL_RECORDS_DIR", "")
+    call_records: str = _env("CALL_RECORDS", "all", _choice("summary", "audio", "all"))
+    events_webhook_url: str = _env("EVENTS_WEBHOOK_URL", "")
+    events_webhook_secret: str = _env("EVENTS_WEBHOOK_SECRET", "", secret=True)
 
     # SIP responder
     sip_enabled: bool = _env("SIP_ENABLED", True, _bool)
@@ -295,6 +306,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(f"{needs[s.ai_vendor][0]} is required when AI_VENDOR={s.ai_vendor}")
     if s.ai_vendor == "azure" and not (s.azure_openai_endpoint and s.azure_openai_deployment):
         raise ConfigError("AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT are required when AI_VENDOR=azure")
+    if s.events_webhook_url and not s.events_webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("EVENTS_WEBHOOK_URL is not valid: expected http(s)://host/path")
     if s.ari_url and not s.ari_url.startswith(("http://", "https://")):
         raise ConfigError(f"ARI_URL={s.ari_url!r} is not valid: expected http://host:port")
     needs_listener = {"audiosocket": ("AUDIOSOCKET_LISTEN", s.audiosocket_listen),
