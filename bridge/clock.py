@@ -10,6 +10,7 @@ epoll has millisecond resolution); the spin margin adapts to the oversleep seen 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import ctypes
 import gc
 import logging
@@ -26,6 +27,7 @@ TICK = 0.020
 MIN_MARGIN = 0.0015  # the loop's timer wakes up to ~1.1 ms late even on a quiet machine (epoll ms rounding)
 MAX_MARGIN = 0.004  # beyond this the spin would starve the calls' own work (20 % of a core); accept lateness
 MARGIN_WINDOW = 250  # ticks (5 s) of oversleep history behind the margin
+LATENESS_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # histogram buckets (s) for the metrics
 
 
 Datagram = tuple[Callable[[bytes, tuple[str, int]], object], bytes, tuple[str, int]]  # (sendto, data, address)
@@ -85,6 +87,9 @@ class SharedClock:
         self.margin = MIN_MARGIN
         self.send_errors = 0
         self.lateness: deque[float] = deque(maxlen=3000)  # dispatch lateness, seconds, for figures
+        self.late_buckets = [0] * (len(LATENESS_BOUNDS) + 1)  # ticks per lateness bucket, read at scrape time
+        self.late_sum = 0.0
+        self.due = 0.0  # monotonic time the next tick is due
 
     def __len__(self) -> int:
         return len(self._listeners)
@@ -137,10 +142,14 @@ class SharedClock:
         if not missed:
             return
         self._tick += missed
-        self.lateness.append(time.monotonic() - (self._t0 + self._tick * TICK))
-        self._after_dispatch(self._tick)
+        due = self._t0 + self._tick * TICK
+        self._after_dispatch(self._tick, due, time.monotonic() - due)
 
-    def _after_dispatch(self, tick: int) -> None:
+    def _after_dispatch(self, tick: int, due: float, late: float) -> None:
+        self.lateness.append(late)
+        self.late_buckets[bisect.bisect_left(LATENESS_BOUNDS, late)] += 1  # read by the metrics at scrape time
+        self.late_sum += late
+        self.due = due + TICK
         self._dispatch(tick)
         gc.collect(0 if tick % 50 else 1 if tick % 3000 else 2)
 
@@ -169,8 +178,7 @@ class SharedClock:
             late = now - due
             if late >= TICK:  # missed whole ticks: jump to the current one; listeners see the gap
                 tick += int(late / TICK)
-            self.lateness.append(late)
-            self._after_dispatch(tick)
+            self._after_dispatch(tick, due, late)
             if tick % 50 == 0:
                 self._adapt()
 

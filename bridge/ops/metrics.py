@@ -20,6 +20,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from bridge.clock import LATENESS_BOUNDS
 from bridge.ops.events import AgentLatency, BargeIn, CallAnswered, CallEnded, CallEvent, CallRefused, VendorReconnected
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -141,7 +142,7 @@ class CoreCollector:
     def _clock(self) -> Iterator[Metric]:
         clock = self.core.clock
         buckets, cumulative = [], 0
-        for bound, n in zip(clock.LATENESS_BOUNDS, clock.late_buckets, strict=False):
+        for bound, n in zip(LATENESS_BOUNDS, clock.late_buckets, strict=False):
             cumulative += n
             buckets.append((repr(bound), cumulative))
         buckets.append(("+Inf", sum(clock.late_buckets)))

@@ -86,6 +86,7 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self._closed = False
         self._sock: socket.socket | None = None
         self._sendto: Callable[[bytes, Address], object] = lambda data, address: None
+        self.tap: Callable[[bytes], None] | None = None  # gets every frame the caller hears (a call recording)
 
     @property
     def stats(self) -> RtpStats:
@@ -156,4 +157,8 @@ class RtpEndpoint(asyncio.DatagramProtocol):
                 out.append((self._sendto, header + frame, dest))
             self.stats.sent += 1
             self._seq = (self._seq + 1) & 0xFFFF
+        elif self.tap is not None:
+            frame = self.playout.silence_frame  # on hold or not yet reachable: the caller hears nothing
+        if self.tap is not None:
+            self.tap(frame)
         self._ts = (self._ts + FRAME_SAMPLES) & 0xFFFFFFFF

@@ -9,16 +9,16 @@ An agent is created per call with an AgentContext. The call:
 
 Audio events carry bytes in `output_format`; the call converts to G.711 8 kHz when the formats differ.
 Reconnecting a dropped vendor socket is the agent's own business: `events()` simply goes quiet meanwhile,
-and the call's RTP keeps flowing (silence towards the caller).
+and the call's RTP keeps flowing (silence towards the caller); AgentReconnected tells it happened.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from bridge.config import AgentPrompt, Settings
 from bridge.media import AudioFormat, CallInfo, Codec
@@ -67,6 +67,20 @@ class TransferRequest:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """The model called a tool (any tool, built-in or not), for the call's record; what it does follows as its
+    own event (HangupRequest, TransferRequest) when it is a built-in."""
+
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AgentReconnected:
+    """The vendor connection dropped and was re-established (the session goes on)."""
+
+
+@dataclass(frozen=True)
 class AgentClosed:
     """The agent session is over. `error` marks an abnormal end (vendor error, reconnects exhausted)."""
 
@@ -74,7 +88,8 @@ class AgentClosed:
     error: bool = False
 
 
-AgentEvent = AgentAudio | AgentTurnEnd | AgentInterrupted | Transcript | HangupRequest | TransferRequest | AgentClosed
+AgentEvent = (AgentAudio | AgentTurnEnd | AgentInterrupted | Transcript | HangupRequest | TransferRequest | ToolCall
+              | AgentReconnected | AgentClosed)
 
 
 @dataclass(frozen=True)

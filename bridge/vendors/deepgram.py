@@ -148,7 +148,7 @@ class DeepgramAgent(WsAgent):
             event = tools.tool_event(fn["name"], fn.get("arguments"))
             result = tools.OK if event is not None else tools.UNAVAILABLE
             reply = {"type": "FunctionCallResponse", "id": fn["id"], "name": fn["name"], "content": json.dumps(result)}
-            actions.append(Send(_json(reply)))
+            actions += [tools.called(fn["name"], fn.get("arguments")), Send(_json(reply))]
             if event is not None:
                 actions.append(event)
         return actions

@@ -164,6 +164,7 @@ class GeminiAgent(WsAgent):
         events: list[Action] = []
         for call in body.get("functionCalls") or body.get("function_calls") or []:
             event = tools.tool_event(call["name"], call.get("args"))
+            events.append(tools.called(call["name"], call.get("args")))
             replies.append({"id": call.get("id", ""), "name": call["name"],
                             "response": tools.OK if event is not None else tools.UNAVAILABLE})
             if event is not None:

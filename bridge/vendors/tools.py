@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.config import AgentPrompt
-from bridge.vendors.base import HangupRequest, TransferRequest
+from bridge.vendors.base import HangupRequest, ToolCall, TransferRequest
 
 END_CALL = "end_call"
 TRANSFER_CALL = "transfer_call"
@@ -88,6 +88,11 @@ def tool_event(name: str, arguments: str | Mapping[str, Any] | None) -> HangupRe
         destination = args.get("destination", args.get("target", ""))
         return TransferRequest(str(destination or ""))
     return None
+
+
+def called(name: str, arguments: str | Mapping[str, Any] | None) -> ToolCall:
+    """The record of a tool call (every vendor emits one per call of any tool, before its effect)."""
+    return ToolCall(name, parse_arguments(arguments))
 
 
 def dtmf_text(digit: str) -> str:

@@ -48,7 +48,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.typing import Subprotocol
 
 from bridge.errors import AgentRefused
-from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent
+from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent, AgentReconnected
 
 Message = str | bytes
 
@@ -395,6 +395,7 @@ class WsSession:
                     break
                 continue
             self.reconnects += 1
+            self._events.put_nowait(AgentReconnected())
             return ws
         self._finish(AgentClosed(f"{self.agent.vendor} lost: {why}", error=True))
         return None
