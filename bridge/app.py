@@ -9,43 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bridge.call import MediaCore
 from bridge.config import Settings
 from bridge.media import LegTransfer
+from bridge.ops.service import Ops
 
 log = logging.getLogger("bridge")
 
 Ingress = Callable[[MediaCore, Settings], Coroutine[Any, Any, None]]  # runs until cancelled
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def setup_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s %(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
 
 
 def ingresses(settings: Settings) -> list[tuple[str, Ingress]]:
@@ -107,23 +84,27 @@ def describe(settings: Settings) -> list[str]:
     if settings.websocket_listen:
         lines.append("chan_websocket: listening on ws://{}:{}/".format(*settings.websocket_listen))
     lines.append(f"RTP: {settings.media_host} ports {settings.rtp_port_min}-{settings.rtp_port_max}")
+    if settings.admin_listen is None:
+        lines.append("admin endpoint: off (ADMIN_LISTEN=off)")
     return lines
 
 
 async def serve(settings: Settings, core: MediaCore | None = None) -> None:
     """Run every configured ingress until SIGTERM/SIGINT, then drain."""
     core = core or MediaCore(settings)
+    ops = Ops(core, settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    for line in describe(settings):
+    for line in describe(settings) + ops.describe():
         log.info(line)
     for name in ("UPLINK_BUF_FRAMES", "DOWNLINK_BUF_FRAMES"):
         if name in os.environ:
             log.info("%s is accepted but sip-to-ai sizes its own buffers (1 s uplink, PLAYOUT_MAX_SECONDS)", name)
     async with asyncio.TaskGroup() as tg:
+        ops_task = tg.create_task(ops.run(), name="ops")
         tasks = [tg.create_task(fn(core, settings), name=name) for name, fn in ingresses(settings)]
         if not tasks:
             log.warning("no ingress is configured (SIP_ENABLED=false and no ARI_URL, ESL_LISTEN, AUDIOSOCKET_LISTEN "
@@ -135,3 +116,7 @@ async def serve(settings: Settings, core: MediaCore | None = None) -> None:
         await core.wait_idle(settings.drain_seconds)
         for task in tasks:
             task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        await ops.flush(2.0)  # the last calls' webhooks, briefly
+        ops_task.cancel()

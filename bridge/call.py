@@ -9,23 +9,31 @@ Every ingress takes a call through the same steps, in MediaCore.serve_call, and 
 around them. Admission (`MediaCore.admit()`) comes first, at each protocol's own moment: SIP asks in the UAS
 before an INVITE becomes a call (the UAS answers the 503 itself), ARI and ESL before they answer the channel (a
 refused caller goes back to the dialplan unanswered).
+
+Operations: the core publishes call events on `MediaCore.events` at lifecycle points (started, answered,
+transcript line, tool call, barge-in, reconnect, ended) and keeps plain counters that a metrics collector
+reads when scraped; whoever subscribes (bridge/ops) is never known here, and never per packet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-from bridge.clock import SharedClock
+from bridge.clock import TICK, SharedClock
 from bridge.codec import convert
 from bridge.config import Settings
 from bridge.errors import AgentError, AgentRefused, NoPortAvailable
-from bridge.media import FRAME_MS, Address, CallControl, CallInfo, MediaLeg
+from bridge.media import FRAME_MS, Address, CallControl, CallInfo, Codec, MediaLeg
+from bridge.ops import events as ev
 from bridge.rtp.endpoint import PortPool, RtpEndpoint
 from bridge.rtp.playout import Playout
-from bridge.rtp.session import Audio, Dtmf
+from bridge.rtp.session import Audio, Dtmf, RtpStats
 from bridge.stream import StreamEndpoint
 from bridge.vendors import registry
 from bridge.vendors.base import (
@@ -34,8 +42,10 @@ from bridge.vendors.base import (
     AgentClosed,
     AgentContext,
     AgentInterrupted,
+    AgentReconnected,
     AgentTurnEnd,
     HangupRequest,
+    ToolCall,
     Transcript,
     TransferRequest,
 )
@@ -50,8 +60,32 @@ REFUSALS = (AgentError, NoPortAvailable, OSError)
 
 
 class CallLog(logging.LoggerAdapter):
+    """Prefixes the call id (text logs) and sets `call_id` on the record (JSON logs)."""
+
     def process(self, msg, kwargs):  # type: ignore[no-untyped-def]
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})}
         return f"[{self.extra['call_id']}] {msg}", kwargs
+
+
+class MediaTap(Protocol):
+    """Gets a call's audio on one timeline (a recording): caller payloads, and every frame the caller hears."""
+
+    def caller(self, payload: bytes, sequence: int) -> None: ...
+
+    def heard(self, frame: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclasses.dataclass
+class Totals(RtpStats):
+    """The counters of every ended call, for metrics (live calls are added at scrape time)."""
+
+    playout_dropped: int = 0
+
+    def add_call(self, stats: RtpStats, playout_dropped: int) -> None:
+        self.add(stats)
+        self.playout_dropped += playout_dropped
 
 
 class Call:
@@ -72,6 +106,12 @@ class Call:
         self.agent: Agent | None = None
         self._to_agent: convert.Converter = convert._identity
         self._from_agent: convert.Converter = convert._identity
+        self.vendor = core.settings.ai_vendor
+        self.outcome = "completed"
+        self.t0 = asyncio.get_running_loop().time()
+        self.started_at = time.time()
+        self.tap: MediaTap | None = None
+        self.connect_seconds = 0.0
 
     @property
     def call_id(self) -> str:
@@ -98,27 +138,41 @@ class Call:
         """Out-of-band DTMF (ARI, ESL)."""
         self._on_media(Dtmf(key))
 
-    def end(self, reason: str) -> None:
-        """The PBX side ended the call; run() returns once everything is released."""
+    def end(self, reason: str, outcome: str = "completed") -> None:
+        """The call is over (PBX hang-up, or `outcome` such as timeout); run() returns once everything is released."""
         if not self._ended.is_set():
             self.reason = reason
+            self.outcome = outcome
             self._ended.set()
+
+    def offset(self) -> float:
+        """Seconds since the call reached the core."""
+        return asyncio.get_running_loop().time() - self.t0
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     async def _start(self, agent_factory: Callable[[AgentContext], Agent]) -> None:
+        info, settings = self.info, self.core.settings
+        self.core.events.publish(ev.CallStarted(
+            info.call_id, info.ingress, self.vendor, model_of(settings), info.caller, info.callee, info.metadata,
+            self.endpoint.leg.codec.name, self.started_at))
         if isinstance(self.endpoint, RtpEndpoint):
             await self.endpoint.open(self.core.ports.bind(self.core.settings.media_host))
+        if self.core.tap_factory is not None:
+            self.tap = self.core.tap_factory(self.call_id, self.endpoint.leg.codec)
+            self.endpoint.tap = self.tap.heard if self.tap is not None else None
         ctx = AgentContext(self.info, self.endpoint.leg.codec, self.core.settings, self.playout.played_ms, self.log,
                            lambda: self.core.draining)
         self.agent = agent_factory(ctx)
         self._bind_converters(self.endpoint.leg)
         limit = self.core.settings.ai_connection_timeout_sec + 1  # the vendor runner has its own, tighter limit
+        connecting = self.offset()
         try:
             async with asyncio.timeout(limit):
                 await self.agent.connect()
         except TimeoutError:
             raise AgentRefused(f"the agent did not connect within {limit:g} s") from None
+        self.connect_seconds = self.offset() - connecting
 
     def _bind_converters(self, leg: MediaLeg) -> None:
         assert self.agent is not None
@@ -134,9 +188,9 @@ class Call:
                 await self._ended.wait()
                 agent_events.cancel()
         except* AgentError as eg:
-            self.reason = self.reason or f"agent failed: {eg.exceptions[0]}"
+            self.end(f"agent failed: {eg.exceptions[0]}", "vendor_error")
         except* OSError as eg:
-            self.reason = self.reason or f"media failed: {eg.exceptions[0]}"
+            self.end(f"media failed: {eg.exceptions[0]}", "media_error")
         finally:
             await self.aclose()
         return self.reason
@@ -147,10 +201,15 @@ class Call:
             return
         self._closed = True
         self.released.set()
+        stats = self.endpoint.stats
         if self.core.calls.get(self.call_id) is self:
             del self.core.calls[self.call_id]
+        self.core.totals.add_call(stats, self.playout.dropped_bytes)  # in the same step: a scrape never counts twice
         self.core.forget_stream(self.stream_id)
         self.core.clock.unregister(self.endpoint)
+        if self.tap is not None:
+            self.endpoint.tap = None
+            self.tap.close()
         self.endpoint.close()
         if isinstance(self.endpoint, RtpEndpoint):
             self.core.ports.release(self.local_address[1])
@@ -160,11 +219,13 @@ class Call:
                     await self.agent.aclose()
             except Exception as exc:  # the call is over either way; say why the agent did not close cleanly
                 self.log.warning("! agent did not close cleanly: %r", exc)
-        stats = self.endpoint.stats
         self.log.info(
             "x call ended: %s (rtp in %d, out %d, malformed %d, foreign %d)",
             self.reason or "released", stats.received, stats.sent, stats.malformed, stats.foreign,
         )
+        self.core.events.publish(ev.CallEnded(
+            self.call_id, self.info.ingress, self.vendor, self.outcome, self.reason or "released", time.time(),
+            self.offset(), dataclasses.asdict(stats)))
 
     # -- the pumps --------------------------------------------------------------------------------------------
 
@@ -175,26 +236,43 @@ class Call:
         try:
             if isinstance(media, Audio):
                 self.agent.send_audio(self._to_agent(media.payload))
+                if self.tap is not None:
+                    self.tap.caller(media.payload, media.sequence)
             else:
                 self.log.info("< dtmf %s", media.key)
                 self.agent.send_dtmf(media.key)
         except Exception as exc:  # a broken agent ends its own call, never the RTP socket's other work
             self.log.exception("! uplink failed")
-            self.end(f"uplink failed: {exc!r}")
+            self.end(f"uplink failed: {exc!r}", "error")
 
     async def _pump_agent(self, control: CallControl) -> None:
         assert self.agent is not None
+        loop, publish = asyncio.get_running_loop(), self.core.events.publish
         async for event in self.agent.events():
             match event:
                 case AgentAudio(data=data, item_id=item_id):
-                    self.playout.push(self._from_agent(data), item_id)
+                    if not self.playout:  # a reply starts: how long until its first frame leaves
+                        arrived = loop.time()
+                        self.playout.push(self._from_agent(data), item_id)
+                        due = self.core.clock.due
+                        publish(ev.AgentLatency(self.call_id, self.vendor, max(0.0, due + (
+                            TICK if due < loop.time() else 0.0) - arrived)))
+                    else:
+                        self.playout.push(self._from_agent(data), item_id)
                 case AgentTurnEnd():
                     self.playout.end_turn()
                 case AgentInterrupted():
                     dropped = self.playout.clear()
                     self.log.info("= barge-in: dropped %d ms of queued audio", dropped // 8)
+                    publish(ev.BargeIn(self.call_id, self.vendor, dropped // 8, self.offset()))
                 case Transcript(role=role, text=text):
                     self.log.info("%s %s: %s", "<" if role == "caller" else ">", role, text)
+                    publish(ev.TranscriptLine(self.call_id, role, text, self.offset()))
+                case ToolCall(name=name, arguments=arguments):
+                    self.log.info("> tool call %s", name)
+                    publish(ev.ToolCalled(self.call_id, name, arguments, self.offset()))
+                case AgentReconnected():
+                    publish(ev.VendorReconnected(self.call_id, self.vendor, self.offset()))
                 case HangupRequest(reason=reason):
                     await self._drain()
                     self.log.info("> agent hangs up: %s", reason)
@@ -205,12 +283,12 @@ class Call:
                     await self._drain()
                     self.log.info("> agent transfers to %r", destination)
                     await control.transfer(destination)
-                    self.end(f"transferred to {destination or 'default'}")
+                    self.end(f"transferred to {destination or 'default'}", "transferred")
                     return
                 case AgentClosed(reason=reason, error=error):
                     (self.log.warning if error else self.log.info)("x agent closed: %s", reason)
                     await control.hangup(reason)
-                    self.end(f"agent closed: {reason}")
+                    self.end(f"agent closed: {reason}", "vendor_error" if error else "completed")
                     return
         self.end("agent events ended")
 
@@ -234,6 +312,10 @@ class MediaCore:
         self.calls: dict[str, Call] = {}
         self.draining = False
         self._agent_factory = agent_factory
+        self.events = ev.EventBus()
+        self.totals = Totals()
+        self.links: dict[str, bool] = {}  # configured PBX control links (ARI, ESL inbound): up or not
+        self.tap_factory: Callable[[str, Codec], MediaTap | None] | None = None
         self._awaiting_stream: dict[str, Call] = {}
 
     def expect_stream(self, stream_id: str, call: Call) -> None:
@@ -248,13 +330,33 @@ class MediaCore:
     def forget_stream(self, stream_id: str) -> None:
         self._awaiting_stream.pop(stream_id, None)
 
-    def admit(self) -> str | None:
-        """None when a new call may start, else the reason it may not."""
+    def admit(self, ingress: str = "") -> str | None:
+        """None when a new call may start, else the reason it may not. With `ingress` (a call is at the door, not
+        a mere question), a refusal is published as CallRefused."""
+        reason = None
         if self.draining:
-            return "shutting down"
-        if len(self.calls) >= self.settings.max_calls:
-            return f"max calls ({self.settings.max_calls}) reached"
-        return None
+            reason = "shutting down"
+        elif len(self.calls) >= self.settings.max_calls:
+            reason = f"max calls ({self.settings.max_calls}) reached"
+        if reason is not None and ingress:
+            self.refused(ingress, reason)
+        return reason
+
+    def link(self, name: str, up: bool) -> None:
+        """An ingress's control link to its PBX came up or went down (readiness)."""
+        self.links[name] = up
+
+    def not_ready(self) -> str | None:
+        """None when a new call would be taken, else why not (draining, MAX_CALLS, a control link down)."""
+        reason = self.admit()
+        if reason is None:
+            down = sorted(name for name, up in self.links.items() if not up)
+            reason = f"{', '.join(down)} control link down" if down else None
+        return reason
+
+    def refused(self, ingress: str, reason: str, outcome: str = "refused") -> None:
+        """A call was turned away before it reached create_call (admission: draining, MAX_CALLS)."""
+        self.events.publish(ev.CallRefused(ingress, self.settings.ai_vendor, outcome, reason))
 
     async def create_call(self, info: CallInfo, leg: MediaLeg) -> Call:
         """Bind the call's RTP and connect its agent.
@@ -267,12 +369,16 @@ class MediaCore:
         self.calls[info.call_id] = call
         try:
             await call._start(self._agent_factory or registry.create_agent)
-        except BaseException:
-            call.reason = call.reason or "agent refused"
+        except BaseException as exc:
+            call.reason = call.reason or (str(exc) if isinstance(exc, AgentRefused) else "agent refused")
+            call.outcome = _OUTCOMES.get(type(exc), "error")
             await call.aclose()
             raise
         media = "rtp {}:{}".format(*call.local_address) if not leg.stream else "media on the ingress's connection"
         call.log.info("= call from %r via %s, %s", info.caller, info.ingress, media)
+        setup = call.offset()
+        self.events.publish(ev.CallAnswered(call.call_id, info.ingress, call.vendor, setup, call.connect_seconds,
+                                            time.time()))
         return call
 
     async def serve_call(self, info: CallInfo, leg: MediaLeg, control: CallControl, *,
@@ -309,7 +415,8 @@ class MediaCore:
                 return call.reason
             return await call.run(control)
         except Exception as exc:
-            call.reason = call.reason or f"setup failed: {exc}"
+            if not call.reason:
+                call.reason, call.outcome = f"setup failed: {exc}", "error"
             raise
         finally:
             await call.aclose()
@@ -320,3 +427,15 @@ class MediaCore:
             async with asyncio.timeout(timeout):
                 while self.calls:
                     await asyncio.sleep(0.1)
+
+
+_OUTCOMES = {AgentRefused: "vendor_refused", NoPortAvailable: "no_port", asyncio.CancelledError: "cancelled"}
+
+
+def model_of(settings: Settings) -> str:
+    """The configured model of the agent's vendor, for records (the first of <vendor>_model, _llm_model, ...)."""
+    vendor = settings.ai_vendor
+    for name in (f"{vendor}_model", f"{vendor}_llm_model", f"{vendor}_openai_deployment"):
+        if value := getattr(settings, name, ""):
+            return str(value)
+    return ""

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(repr(settings))
         return 0
-    from bridge.app import serve, setup_logging
+    from bridge.app import serve
+    from bridge.ops.logs import setup_logging
 
     setup_logging(settings)
     try:

@@ -44,6 +44,7 @@ class StreamEndpoint:
         self._send: Send | None = None
         self._last_tick: int | None = None
         self._sequence = 0
+        self.tap: Callable[[bytes], None] | None = None  # gets every frame the caller hears (a call recording)
 
     def attach(self, send: Send) -> None:
         """The connection is up: frames go out through `send(frame)` from the next tick on."""
@@ -72,6 +73,10 @@ class StreamEndpoint:
             if self._send is not None and self.sending:
                 out.append((self._sendto, frame, NOWHERE))
                 self.stats.sent += 1
+            elif self.tap is not None:
+                frame = self.playout.silence_frame  # not connected yet or on hold: the caller hears nothing
+            if self.tap is not None:
+                self.tap(frame)
 
     def _sendto(self, frame: bytes, _address: Address) -> object:
         return self._send(frame) if self._send is not None else None

@@ -67,6 +67,9 @@ def secret_values(settings: Settings) -> list[str]:
     return values
 
 
+_NAMED_CALL = re.compile(r"^\W{0,3}\[([^\]\s]{1,200})\]")
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self, redact: Redactor) -> None:
         super().__init__("%(asctime)s %(levelname).1s %(name)s %(message)s")
@@ -91,6 +94,8 @@ class JsonFormatter(logging.Formatter):
             "msg": self.redact(record.getMessage()),
         }
         call_id = getattr(record, "call_id", None)
+        if call_id is None and (named := _NAMED_CALL.match(entry["msg"])):  # an ingress line "= [call-id] ..."
+            call_id = named.group(1)
         if call_id is not None:
             entry["call_id"] = call_id
         if record.exc_info:

@@ -14,7 +14,7 @@ import collections
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -38,6 +38,7 @@ class Metrics:
     """The process's registry. Subscribe it to the call event stream; serve `exposition()` on /metrics."""
 
     def __init__(self, core: Any, *, webhooks: Counted | None = None, records: Counted | None = None) -> None:
+        disable_created_metrics()  # no *_created series: they double the exposition and no alert uses them
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

@@ -78,7 +78,14 @@ class WebhookSender:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
                 name, body = await self._queue.get()
-                self.counts[name, "delivered" if await self._deliver(http, name, body) else "failed"] += 1
+                try:
+                    self.counts[name, "delivered" if await self._deliver(http, name, body) else "failed"] += 1
+                finally:
+                    self._queue.task_done()
+
+    async def idle(self) -> None:
+        """Return once every queued event has been delivered or given up."""
+        await self._queue.join()
 
     async def _deliver(self, http: aiohttp.ClientSession, name: str, body: bytes) -> bool:
         headers = {"Content-Type": "application/json"}

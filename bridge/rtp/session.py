@@ -33,6 +33,15 @@ class RtpStats:
     sent: int = 0
     late_ticks: int = 0
 
+    def add(self, other: RtpStats) -> None:
+        """Add `other`'s counters to these (totals over ended calls)."""
+        self.received += other.received
+        self.malformed += other.malformed
+        self.foreign += other.foreign
+        self.ignored += other.ignored
+        self.sent += other.sent
+        self.late_ticks += other.late_ticks
+
 
 class RtpReceiver:
     """Decides, packet by packet, what of the incoming RTP is the caller's audio.

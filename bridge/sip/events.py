@@ -31,6 +31,14 @@ class IncomingCall:
 
 
 @dataclass(frozen=True)
+class CallRefused:
+    """A new INVITE was answered 503 because no call may start now (draining, MAX_CALLS): counted, nothing more."""
+
+    call_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class CallCancelled:
     """CANCEL before the answer: 487 went out; the call must be released without answering."""
 
@@ -70,4 +78,4 @@ class DtmfReceived:
     key: str
 
 
-Event = IncomingCall | CallCancelled | CallEnded | MediaChanged | RequestDone | DtmfReceived
+Event = IncomingCall | CallRefused | CallCancelled | CallEnded | MediaChanged | RequestDone | DtmfReceived

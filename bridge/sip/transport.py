@@ -19,6 +19,7 @@ from bridge.media import Address, CallInfo, LegTransfer, MediaLeg
 from bridge.sip.events import (
     CallCancelled,
     CallEnded,
+    CallRefused,
     DtmfReceived,
     Event,
     IncomingCall,
@@ -158,6 +159,8 @@ class SipServer:
             case IncomingCall():
                 assert self._tg is not None
                 self._starting[event.call_id] = self._tg.create_task(self._run_call(event))
+            case CallRefused(reason=reason):
+                self.core.refused("sip", reason)
             case CallCancelled(call_id=call_id):
                 if (task := self._starting.get(call_id)) is not None:
                     task.cancel()

@@ -24,6 +24,7 @@ from bridge.sip.dialog import Dialog, Pending2xx, new_tag
 from bridge.sip.events import (
     CallCancelled,
     CallEnded,
+    CallRefused,
     DtmfReceived,
     Event,
     IncomingCall,
@@ -227,6 +228,7 @@ class Uas:
             return
         if self.unavailable:
             self._reply(txn, 503, now, "", [("retry-after", str(self.config.retry_after))])
+            self._events.append(CallRefused(call_id, self.unavailable))
             return
         answered, timer = self._negotiate_timer(txn, now, "")
         if answered:

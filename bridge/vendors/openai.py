@@ -220,7 +220,8 @@ class OpenAIAgent(WsAgent):
         """A completed tool call: built-ins become our events; others get UNAVAILABLE and the model goes on."""
         request = tools.tool_event(item["name"], item.get("arguments"))
         output = tools.OK if request is not None else tools.UNAVAILABLE
-        actions: list[Action] = [tools.called(item["name"], item.get("arguments")), Send(json.dumps({"type": "conversation.item.create", "item": {
+        actions: list[Action] = [tools.called(item["name"], item.get("arguments"))]
+        actions += [Send(json.dumps({"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": item["call_id"], "output": json.dumps(output)}}))]
         if request is not None:
             return [*actions, request]  # the call ends or moves on: the model need not speak again

@@ -203,7 +203,7 @@ class StasisApp:
 
     async def _setup_and_run(self, session: AriCall, args: tuple[str, ...]) -> None:
         ch = session.channel
-        refused = self.core.admit()
+        refused = self.core.admit("ari")
         if refused is not None:
             await self._refuse(ch, refused)
             return

@@ -126,7 +126,7 @@ class OutboundSession:
         reply = await self._send(esl.myevents())
         if not reply.ok:
             raise EslError(f"myevents: {reply.reply_text}")
-        if (refusal := self.core.admit()) is not None:
+        if (refusal := self.core.admit("esl")) is not None:
             await self._refuse(refusal)
             return
         channel = await self._linger_and_answer(channel)
