@@ -38,7 +38,11 @@ def ingresses(settings: Settings) -> list[tuple[str, Ingress]]:
 
         control = EslInboundControl(settings)
         leg_transfer = control
-        found.append(("esl-inbound", lambda core, settings: control.run()))
+        async def run_inbound(core: MediaCore, settings: Settings) -> None:
+            core.link("esl-inbound", control.connected.is_set)
+            await control.run()
+
+        found.append(("esl-inbound", run_inbound))
     if settings.sip_enabled:
         from bridge.sip.transport import serve_sip
 

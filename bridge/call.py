@@ -314,7 +314,7 @@ class MediaCore:
         self._agent_factory = agent_factory
         self.events = ev.EventBus()
         self.totals = Totals()
-        self.links: dict[str, bool] = {}  # configured PBX control links (ARI, ESL inbound): up or not
+        self.links: dict[str, Callable[[], bool]] = {}  # configured PBX control links (ARI, ESL inbound): up?
         self.tap_factory: Callable[[str, Codec], MediaTap | None] | None = None
         self._awaiting_stream: dict[str, Call] = {}
 
@@ -342,15 +342,15 @@ class MediaCore:
             self.refused(ingress, reason)
         return reason
 
-    def link(self, name: str, up: bool) -> None:
-        """An ingress's control link to its PBX came up or went down (readiness)."""
+    def link(self, name: str, up: Callable[[], bool]) -> None:
+        """An ingress's control link to its PBX, and how to tell whether it is up now (readiness)."""
         self.links[name] = up
 
     def not_ready(self) -> str | None:
         """None when a new call would be taken, else why not (draining, MAX_CALLS, a control link down)."""
         reason = self.admit()
         if reason is None:
-            down = sorted(name for name, up in self.links.items() if not up)
+            down = sorted(name for name, up in self.links.items() if not up())
             reason = f"{', '.join(down)} control link down" if down else None
         return reason
 

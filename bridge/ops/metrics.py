@@ -161,5 +161,5 @@ class CoreCollector:
         links = GaugeMetricFamily("sip_to_ai_control_link_up", "Configured PBX control links (ARI, ESL inbound)",
                                   labels=["link"])
         for name, up in sorted(self.core.links.items()):
-            links.add_metric([name], 1 if up else 0)
+            links.add_metric([name], 1 if up() else 0)
         yield links

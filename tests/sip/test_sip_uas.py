@@ -6,7 +6,7 @@ import pytest
 
 from bridge.media import Codec
 from bridge.sip import message
-from bridge.sip.events import CallCancelled, CallEnded, IncomingCall, MediaChanged, RequestDone
+from bridge.sip.events import CallCancelled, CallEnded, CallRefused, IncomingCall, MediaChanged, RequestDone
 from bridge.sip.message import Request, Response
 from bridge.sip.transaction import T1, TIMEOUT
 from bridge.sip.uas import Uas, UasConfig
@@ -131,7 +131,7 @@ class TestInvite:
         c = Caller(uas)
         (resp,) = c.send(c.request("INVITE", body=OFFER))
         assert resp.status == 503 and resp.get("retry-after") == "30"
-        assert uas.events() == []
+        assert uas.events() == [CallRefused(c.call_id, "max calls")]  # counted by the core, nothing more
         assert c.send(c.request("ACK"), 0.1) == []  # the ACK of a non-2xx is absorbed, never answered
 
     def test_g729_only_gets_488(self, uas):

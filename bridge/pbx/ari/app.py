@@ -365,6 +365,7 @@ async def serve_ari(core: MediaCore, settings: Settings, ready: asyncio.Event | 
             "ExternalMedia RTP; use ulaw or alaw"
         )
     ari = AriClient(settings.ari_url, settings.ari_username, settings.ari_password, settings.ari_app)
+    core.link("ari", lambda: ari.connected)
     async with ari, asyncio.TaskGroup() as tg:
         app = StasisApp(core, settings, ari, tg)
         tg.create_task(ari.listen(app.on_event, app.on_connect, ready), name="ari-events")

@@ -84,6 +84,7 @@ class AriClient:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         self._headers = {"Authorization": f"Basic {token}"}  # RFC 7617; never logged
         self._session: aiohttp.ClientSession | None = None
+        self.connected = False  # the events websocket is up (readiness)
 
     async def __aenter__(self) -> AriClient:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
@@ -213,10 +214,13 @@ class AriClient:
                     log.info("= ari events connected app=%s%s", self.app, " (reconnected)" if connected_before else "")
                     delays = backoff()
                     await on_connect(connected_before)
-                    connected_before = True
+                    connected_before = self.connected = True
                     if ready is not None:
                         ready.set()
-                    await self._read(ws, on_event)
+                    try:
+                        await self._read(ws, on_event)
+                    finally:
+                        self.connected = False
                 log.warning("x ari events websocket closed (%s); reconnecting", ws.close_code)
             except aiohttp.WSServerHandshakeError as exc:
                 # 401: wrong ARI_USERNAME/ARI_PASSWORD; keep trying, ari.conf may be fixed and reloaded
