@@ -40,10 +40,10 @@ def admin_app(exposition: Callable[[], bytes], not_ready: Callable[[], str | Non
 async def serve_admin(app: web.Application, host: str, port: int,
                       started: Callable[[tuple[str, int]], None] | None = None) -> None:
     """Serve `app` on host:port until cancelled. `started` gets the bound address (port 0 picks one)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         address = runner.addresses[0][:2]
         log.info("admin: http://%s:%d/metrics /health /ready", *address)

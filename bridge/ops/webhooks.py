@@ -74,8 +74,7 @@ class WebhookSender:
 
     async def run(self) -> None:
         """Deliver queued events one at a time, until cancelled."""
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with aiohttp.ClientSession() as http:
             while True:
                 name, body = await self._queue.get()
                 try:
@@ -95,7 +94,8 @@ class WebhookSender:
         for attempt, delay in enumerate((0.0, *self.retry_delays)):
             await asyncio.sleep(delay)
             try:
-                async with http.post(self.url, data=body, headers=headers) as resp:
+                async with http.post(self.url, data=body, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
                     if resp.status < 300:
                         return True
                     why = f"HTTP {resp.status}"
