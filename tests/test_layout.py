@@ -85,3 +85,13 @@ def test_protocol_module_does_no_io(path):
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"asyncio", "socket", "selectors", "time"}, imported
+
+
+def test_no_ingress_or_vendor_knows_the_operations_side():
+    """Records, webhooks and metrics subscribe to the core's call events; ingresses and vendors never see them."""
+    assert crossings(modules("sip") + modules("pbx") + modules("vendors") + modules("rtp"), ("bridge.ops",)) == []
+
+
+def test_the_core_knows_only_the_event_stream_of_ops():
+    names = {line.split(": ")[1] for line in crossings([ROOT / "call.py"], ("bridge.ops",))}
+    assert names == {"bridge.ops", "bridge.ops.events"}  # `from bridge.ops import events`
