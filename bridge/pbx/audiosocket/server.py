@@ -104,7 +104,7 @@ class AudioSocketSession:
 
     async def _dialplan_call(self, uuid: str) -> None:
         """A call of its own: AudioSocket() or Dial(AudioSocket/...) in Asterisk's dialplan."""
-        if (refused := self.core.admit()) is not None:
+        if (refused := self.core.admit("audiosocket")) is not None:
             await self._refuse(refused)
             return
         info = CallInfo(uuid, "audiosocket", metadata={"uuid": uuid, "peer": "{}:{}".format(*self.peer)})

@@ -106,7 +106,7 @@ class MediaSession:
         return event
 
     async def _dialplan_call(self, start: MediaStart, codec: Codec) -> None:
-        if (refused := self.core.admit()) is not None:
+        if (refused := self.core.admit("websocket")) is not None:
             await self._refuse(refused)
             return
         metadata = {"channel": start.channel, "channel_id": start.channel_id, "connection_id": start.connection_id,
