@@ -37,6 +37,11 @@ def test_original_alias_names_still_work():
         ({"AI_VENDOR": "gemini"}, "GEMINI_API_KEY"),
         ({"RTP_PORT_MIN": "20000", "RTP_PORT_MAX": "10000"}, "RTP_PORT_MIN"),
         ({"ESL_LISTEN": "nohostport"}, "ESL_LISTEN"),
+        ({"AUDIOSOCKET_LISTEN": "127.0.0.1"}, "AUDIOSOCKET_LISTEN"),
+        ({"WEBSOCKET_ALLOWED_CIDRS": "nonsense"}, "WEBSOCKET_ALLOWED_CIDRS"),
+        ({"ARI_MEDIA": "sctp"}, "ARI_MEDIA"),
+        ({"ARI_URL": "http://127.0.0.1:8088", "ARI_MEDIA": "audiosocket"}, "AUDIOSOCKET_LISTEN"),
+        ({"ARI_URL": "http://127.0.0.1:8088", "ARI_MEDIA": "websocket"}, "WEBSOCKET_LISTEN"),
     ],
 )
 def test_bad_values_name_the_variable(env, names):
@@ -70,3 +75,12 @@ def test_the_command_fails_with_one_line(tmp_path):
                          text=True, env={"SIP_PORT": "x", "PATH": "/usr/bin:/bin"}, timeout=30)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "SIP_PORT" in out.stderr
+
+
+def test_stream_ingresses_are_off_by_default_and_loopback_only_when_on():
+    s = config.load(environ={}, dotenv=None)
+    assert (s.audiosocket_listen, s.websocket_listen, s.ari_media) == (None, None, "rtp")
+    s = config.load(environ={"AUDIOSOCKET_LISTEN": "0.0.0.0:9093", "WEBSOCKET_LISTEN": "[::]:8765"}, dotenv=None)
+    assert (s.audiosocket_listen, s.websocket_listen) == (("0.0.0.0", 9093), ("::", 8765))
+    assert config.allowed("127.0.0.1", s.audiosocket_allowed_cidrs)
+    assert not config.allowed("192.0.2.7", s.websocket_allowed_cidrs)

@@ -22,6 +22,7 @@ SUBPROTOCOL = "media"  # the only websocket subprotocol chan_websocket registers
 # Codecs the core carries as they are (G.711): chan_websocket sends the channel's native format untouched.
 G711_FORMATS = ("ulaw", "alaw")
 _FIELD = re.compile(r"(\w+):(\S*)")
+_NAME = re.compile(r"[A-Z][A-Z_]*")  # every event name chan_websocket writes
 
 
 class WebSocketProtocolError(ParseError):
@@ -87,7 +88,7 @@ def parse_event(text: str) -> Event:
                 return FlowControl(paused=name == "MEDIA_XOFF")
     except (KeyError, ValueError) as exc:
         raise WebSocketProtocolError(f"{name} without a usable {exc}") from None
-    if not name:
+    if not _NAME.fullmatch(name):
         raise WebSocketProtocolError(f"not a chan_websocket event: {text[:60]!r}")
     return Other(name, fields)
 
