@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
 import urllib.error
 import wave
@@ -232,6 +233,9 @@ async def test_tone_comes_back_at_the_same_pitch_and_level_then_the_caller_hangs
         # the far half records RECORD_SECONDS, then hangs up: that is the caller hanging up
         await wait_until(lambda: not stack.core.calls, timeout=RECORD_SECONDS + 5, what="hang-up ended the call")
         await nothing_left(asterisk, stack)
+        assert len(stack.core.clock) == 0 and stack.core.ports.in_use == frozenset()
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []  # no task left running
 
     inbound = np.concatenate([ulaw_decode(p) for _, p in tap.received])
     echo = read_wav(asterisk.recordings / f"{tag}.wav")
@@ -252,7 +256,7 @@ async def test_tone_comes_back_at_the_same_pitch_and_level_then_the_caller_hangs
           f"{', '.join(f'{r:.0f}' for r in round_trips)} ms (ECHO_DELAY_MS=200); echo delay at our side "
           f"{', '.join(f'{e:.0f}' for e in echo_at_socket)} ms; our socket writes |interval-20ms| p50 {sent_p50:.2f}"
           f" p99 {sent_p99:.2f} ms over {len(tap.writes)}; Asterisk's frames p50 {recv_p50:.2f} p99 {recv_p99:.2f}"
-          f" ms over {len(tap.received)}")
+          f" ms over {len(tap.received)}; load {os.getloadavg()[0]:.2f}")
     assert abs(f_in - TONE_HZ) < 10 and abs(f_out - f_in) < 5
     assert abs(20 * np.log10(level_out / level_in)) < 1.0
     assert round_trips and all(200 <= r < 600 for r in round_trips[1:])
