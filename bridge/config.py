@@ -18,7 +18,7 @@ import yaml
 
 from bridge.errors import ConfigError
 
-VENDORS = ("echo", "openai", "azure", "deepgram", "gemini")
+VENDORS = ("echo", "openai", "azure", "deepgram", "gemini", "grok")
 
 
 def _bool(v: str) -> bool:
@@ -58,7 +58,7 @@ def _choice(*options: str) -> Callable[[str], str]:
     def parse(v: str) -> str:
         low = v.strip().lower()
         if low not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+            raise ValueError(f"expected one of {', '.join(o for o in options if o)}, got {v!r}")
         return low
 
     return parse
@@ -176,21 +176,26 @@ class Settings:
 
     # AI vendors
     openai_api_key: str = _env("OPENAI_API_KEY", "", secret=True)
-    openai_model: str = _env("OPENAI_MODEL", "gpt-realtime")
+    openai_model: str = _env("OPENAI_MODEL", "gpt-realtime-2.1")
     openai_voice: str = _env("OPENAI_VOICE", "alloy")
     openai_ws_endpoint: str = _env("OPENAI_WS_ENDPOINT", "wss://api.openai.com/v1/realtime")
     openai_project: str = _env("OPENAI_PROJECT", "")
     openai_organization: str = _env("OPENAI_ORGANIZATION", "")
+    # "" = the call's own G.711; pcm16 = audio/pcm 24 kHz through the resamplers (PCM-only gateways)
+    openai_audio_format: str = _env("OPENAI_AUDIO_FORMAT", "", _choice("", "pcmu", "pcma", "pcm16"))
+    openai_noise_reduction: str = _env("OPENAI_NOISE_REDUCTION", "off", _choice("near_field", "far_field", "off"))
+    openai_transcription_model: str = _env("OPENAI_TRANSCRIPTION_MODEL", "gpt-4o-mini-transcribe")
     azure_openai_endpoint: str = _env("AZURE_OPENAI_ENDPOINT", "")
     azure_openai_deployment: str = _env("AZURE_OPENAI_DEPLOYMENT", "")
     azure_openai_api_key: str = _env("AZURE_OPENAI_API_KEY", "", secret=True)
+    azure_openai_transcription_deployment: str = _env("AZURE_OPENAI_TRANSCRIPTION_DEPLOYMENT", "")
     deepgram_api_key: str = _env("DEEPGRAM_API_KEY", "", secret=True)
     deepgram_listen_model: str = _env("DEEPGRAM_LISTEN_MODEL", "nova-2")
     deepgram_speak_model: str = _env("DEEPGRAM_SPEAK_MODEL", "aura-asteria-en")
     deepgram_llm_model: str = _env("DEEPGRAM_LLM_MODEL", "gpt-4o-mini")
     deepgram_ws_endpoint: str = _env("DEEPGRAM_WS_ENDPOINT", "wss://agent.deepgram.com/v1/agent/converse")
     gemini_api_key: str = _env("GEMINI_API_KEY", "", secret=True)
-    gemini_model: str = _env("GEMINI_MODEL", "gemini-2.5-flash-native-audio-preview-09-2025")
+    gemini_model: str = _env("GEMINI_MODEL", "gemini-3.8-live")
     gemini_voice: str = _env("GEMINI_VOICE", "Puck")
     gemini_greeting: str = _env("GEMINI_GREETING", "client_content", _choice("client_content", "realtime_text"))
     gemini_ws_endpoint: str = _env(
@@ -198,6 +203,10 @@ class Settings:
         "wss://generativelanguage.googleapis.com/ws/"
         "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
     )
+    xai_api_key: str = _env("XAI_API_KEY", "", secret=True)
+    grok_model: str = _env("GROK_MODEL", "grok-voice-think-fast-2.0")
+    grok_voice: str = _env("GROK_VOICE", "eve")
+    grok_ws_endpoint: str = _env("GROK_WS_ENDPOINT", "wss://api.x.ai/v1/realtime")
     max_reconnect_attempts: int = _env("MAX_RECONNECT_ATTEMPTS", 3, _positive(int))
     reconnect_delay_sec: float = _env("RECONNECT_DELAY_SEC", 5.0, _positive(float))
     ai_connection_timeout_sec: float = _env("AI_CONNECTION_TIMEOUT_SEC", 10.0, _positive(float))
@@ -301,6 +310,7 @@ def _check(s: Settings) -> None:
         "azure": ("AZURE_OPENAI_API_KEY", s.azure_openai_api_key),
         "deepgram": ("DEEPGRAM_API_KEY", s.deepgram_api_key),
         "gemini": ("GEMINI_API_KEY", s.gemini_api_key),
+        "grok": ("XAI_API_KEY", s.xai_api_key),
     }
     if s.ai_vendor in needs and not needs[s.ai_vendor][1]:
         raise ConfigError(f"{needs[s.ai_vendor][0]} is required when AI_VENDOR={s.ai_vendor}")

@@ -1,10 +1,12 @@
-"""OpenAI Realtime (GA) and Azure OpenAI realtime: translation between our agent events and the vendor's JSON.
+"""The Realtime protocol: OpenAI (GA), Azure OpenAI, xAI Grok Voice, and OpenAI-compatible gateways.
 
-Wire contract: docs/vendors.md §1 (OpenAI GA) and §1.9 (Azure GA path). Audio is G.711 both ways
-(`audio/pcmu` or `audio/pcma`, matching the call), so nothing is transcoded. Server VAD with
-`interrupt_response` cancels the reply on barge-in; we flush playout and truncate the assistant item to what
-the caller heard (§1.4). Only one response may be active (§1.5): our own `response.create`s wait for
-`response.done`. Tool calls act on `response.done` only when the response completed (§1.6).
+Wire contract: docs/vendors.md §1 (OpenAI GA) and §1.9 (Azure GA path); xAI's Voice Agent API mirrors it,
+and where it differs the difference is a row of `DIALECTS` (README, "xAI Grok Voice"), not another module.
+Audio is the call's G.711 both ways (`audio/pcmu`/`audio/pcma`, nothing transcoded), or, with
+OPENAI_AUDIO_FORMAT=pcm16, `audio/pcm` at 24 kHz through the core's resamplers. Server VAD cancels the reply on
+barge-in; we flush playout and, where the vendor has it, truncate the assistant item to what the caller heard
+(§1.4). Only one response may be active (§1.5): our own `response.create`s wait for `response.done`. Tool calls
+act on `response.done` only when the response completed (§1.6).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import json
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -21,10 +24,26 @@ from bridge.vendors import tools
 from bridge.vendors.base import AgentAudio, AgentContext, AgentInterrupted, AgentTurnEnd, Transcript
 from bridge.vendors.ws import Action, Endpoint, Message, Ready, Send, VendorError, WsAgent
 
-TRANSCRIBE_MODEL = "gpt-4o-mini-transcribe"  # caller transcripts for the call log (OpenAI only, see below)
 AZURE_PATH = "/openai/v1/realtime"
-FORMATS = {"pcmu": "audio/pcmu", "pcma": "audio/pcma"}
+FORMATS = {"pcmu": "audio/pcmu", "pcma": "audio/pcma", "pcm16": "audio/pcm"}
+PCM_RATE = 24000  # the only rate OpenAI's audio/pcm takes
 HISTORY = 20  # utterances replayed into a new session after a reconnect: the recent context, bounded
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """Where a Realtime-protocol vendor differs from OpenAI GA. Sources: README, AI vendors, xAI Grok Voice."""
+
+    hello: str | None = None  # the server event before which nothing is sent (None: send at once)
+    ga_session: bool = True  # session.type/model/output_modalities/tool_choice; voice and VAD under `audio`
+    truncate: bool = True  # conversation.item.truncate exists (cut the reply to what was heard)
+    tag_responses: bool = False  # response.create carries metadata.client_event_id
+    g711_rate: bool = False  # G.711 formats state their 8000 Hz rate
+
+
+GA = Dialect()
+XAI = Dialect(hello="conversation.created", ga_session=False, truncate=False, tag_responses=True, g711_rate=True)
+DIALECTS = {"openai": GA, "azure": GA, "grok": XAI}
 
 
 def _with_query(url: str, **params: str) -> str:
@@ -59,24 +78,33 @@ def openai_url(endpoint: str, model: str) -> str:
 
 
 class OpenAIAgent(WsAgent):
-    """One Realtime session per call (OpenAI, or Azure when AI_VENDOR=azure)."""
+    """One Realtime session per call: OpenAI, or Azure / xAI Grok as AI_VENDOR says."""
 
     def __init__(self, ctx: AgentContext) -> None:
         super().__init__(ctx)
-        self.azure = ctx.settings.ai_vendor == "azure"
-        self.vendor = "azure" if self.azure else "openai"
-        self.input_format = self.output_format = AudioFormat.of(ctx.codec)
+        s = ctx.settings
+        self.vendor = s.ai_vendor if s.ai_vendor in DIALECTS else "openai"
+        self.azure = self.vendor == "azure"
+        self.dialect = DIALECTS[self.vendor]
+        self.input_format = self.output_format = _wire_format(ctx, self.vendor)
+        self._bytes_per_ms = 2 * self.output_format.rate // 1000 if self.output_format.encoding == "pcm16" else 8
+        self._seq = 0  # numbers our response.creates (client_event_id)
         self._handlers: dict[str, Callable[[dict], list[Action]]] = {
             "session.updated": lambda e: [Ready()],
             "response.created": self._on_response_created,
             "response.output_audio.delta": self._on_audio_delta,
             "response.audio.delta": self._on_audio_delta,  # beta name some models were seen to emit
+            "response.output_audio_transcript.delta": self._on_agent_transcript_delta,
             "response.output_audio_transcript.done": self._on_agent_transcript,
+            "response.function_call_arguments.done": self._on_arguments_done,
             "conversation.item.input_audio_transcription.completed": self._on_caller_transcript,
             "input_audio_buffer.speech_started": self._on_speech_started,
             "response.done": self._on_response_done,
             "error": self._on_error,
         }
+        if self.dialect.hello:
+            self._handlers[self.dialect.hello] = lambda e: [Send(m) for m in self._opening(self._resumed)]
+        self._resumed = False
         self._history: deque[tuple[str, str]] = deque(maxlen=HISTORY)  # (role, text), kept across reconnects
         self._reset()
 
@@ -88,11 +116,16 @@ class OpenAIAgent(WsAgent):
         self._item: str | None = None  # the assistant audio item being played
         self._item_bytes = 0  # audio received for it
         self._cut: str | None = None  # the item a barge-in cut: its late deltas are not played
+        self._said = ""  # the agent's utterance so far, from transcript deltas (xAI's .done may lack it)
+        self._calls: dict[str, dict] = {}  # function calls of the active response, by call_id
 
     # -- connection ------------------------------------------------------------------------------------------
 
     def endpoint(self) -> Endpoint:
         s = self.ctx.settings
+        if self.vendor == "grok":
+            return Endpoint(openai_url(s.grok_ws_endpoint, s.grok_model), {"Authorization": f"Bearer {s.xai_api_key}"},
+                            secrets=(s.xai_api_key,))
         if self.azure:
             return Endpoint(azure_url(s.azure_openai_endpoint, s.azure_openai_deployment),
                             {"api-key": s.azure_openai_api_key}, secrets=(s.azure_openai_api_key,))
@@ -104,39 +137,67 @@ class OpenAIAgent(WsAgent):
         return Endpoint(openai_url(s.openai_ws_endpoint, s.openai_model), headers, secrets=(s.openai_api_key,))
 
     def on_open(self, resumed: bool) -> Iterable[Message]:
+        self._resumed = resumed
+        return [] if self.dialect.hello else self._opening(resumed)
+
+    def _opening(self, resumed: bool) -> list[Message]:
+        """session.update, the conversation so far (after a reconnect) or the greeting."""
         messages = [json.dumps({"type": "session.update", "session": self.session_config()})]
         if resumed:  # a new socket is a new, empty conversation: give it the recent one back as text
             messages += [json.dumps(_history_item(role, text)) for role, text in self._history]
         greeting = self.ctx.prompt.greeting
         if greeting and not resumed:
             self._requested = True
-            messages.append(json.dumps({"type": "response.create", "response": {
-                "instructions": f"Greet the caller now by saying exactly: {greeting}"}}))
+            say = f"Greet the caller now by saying exactly: {greeting}"
+            messages.append(self._response_create({"instructions": say}))
         return messages
+
+    def _response_create(self, response: dict[str, Any] | None = None) -> str:
+        """A response.create; tagged with a client_event_id where the dialect wants one."""
+        body = dict(response or {})
+        if self.dialect.tag_responses:
+            self._seq += 1
+            body["metadata"] = {"client_event_id": f"{self.ctx.call.call_id}-{self._seq}"}
+        return json.dumps({"type": "response.create", "response": body} if body else {"type": "response.create"})
 
     def on_reconnect(self) -> None:
         self._reset()
 
     def session_config(self) -> dict[str, Any]:
-        """The GA `session` object of session.update (§1.2)."""
+        """The `session` object of session.update: GA (§1.2), or xAI's flatter shape."""
         s, prompt = self.ctx.settings, self.ctx.prompt
-        fmt = {"type": FORMATS[self.input_format.encoding]}
+        fmt: dict[str, Any] = {"type": FORMATS[self.input_format.encoding]}
+        if self.input_format.encoding == "pcm16" or self.dialect.g711_rate:
+            fmt["rate"] = self.input_format.rate
+        declared = [{"type": "function", "name": t.name, "description": t.description,
+                     "parameters": dict(t.parameters)} for t in tools.declared_tools(prompt)]
+        if not self.dialect.ga_session:  # xAI: voice and turn_detection at the top, no GA-only keys
+            return {"instructions": prompt.instructions, "voice": prompt.voice or s.grok_voice,
+                    "turn_detection": {"type": "server_vad"},
+                    "audio": {"input": {"format": fmt}, "output": {"format": fmt}}, "tools": declared}
         audio_in: dict[str, Any] = {
             "format": fmt,
             "turn_detection": {"type": "server_vad", "create_response": True, "interrupt_response": True},
         }
-        if not self.azure:  # Azure wants a transcription *deployment* name here (§1.9): not configured, so off
-            audio_in["transcription"] = {"model": TRANSCRIBE_MODEL}
+        if transcriber := self._transcriber():
+            audio_in["transcription"] = {"model": transcriber}
+        if s.openai_noise_reduction != "off":
+            audio_in["noise_reduction"] = {"type": s.openai_noise_reduction}
         return {
             "type": "realtime",
             "model": s.azure_openai_deployment if self.azure else s.openai_model,
             "instructions": prompt.instructions,
             "output_modalities": ["audio"],
             "audio": {"input": audio_in, "output": {"format": fmt, "voice": prompt.voice or s.openai_voice}},
-            "tools": [{"type": "function", "name": t.name, "description": t.description,
-                       "parameters": dict(t.parameters)} for t in tools.declared_tools(prompt)],
+            "tools": declared,
             "tool_choice": "auto",
         }
+
+    def _transcriber(self) -> str:
+        """Who transcribes the caller: a model (OpenAI) or a transcription deployment (Azure, §1.9); "" = off."""
+        s = self.ctx.settings
+        name = s.azure_openai_transcription_deployment if self.azure else s.openai_transcription_model
+        return "" if name.strip().lower() in ("", "off", "none") else name.strip()
 
     def audio_message(self, data: bytes) -> Message:
         return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode()})
@@ -161,7 +222,7 @@ class OpenAIAgent(WsAgent):
             self._want_response = True
             return []
         self._requested = True
-        return [Send(json.dumps({"type": "response.create"}))]
+        return [Send(self._response_create())]
 
     def _on_response_created(self, event: dict) -> list[Action]:
         self._active = event["response"]["id"]
@@ -177,8 +238,13 @@ class OpenAIAgent(WsAgent):
         self._item_bytes += len(data)
         return [AgentAudio(data, event["item_id"])]
 
+    def _on_agent_transcript_delta(self, event: dict) -> list[Action]:
+        self._said += event.get("delta") or ""
+        return []
+
     def _on_agent_transcript(self, event: dict) -> list[Action]:
-        text = (event.get("transcript") or "").strip()
+        text = (event.get("transcript") or self._said).strip()
+        self._said = ""
         if not text:
             return []
         self._history.append(("agent", text))
@@ -196,7 +262,7 @@ class OpenAIAgent(WsAgent):
         actions: list[Action] = [AgentInterrupted()]
         if self._item is not None:
             heard = self.ctx.played_ms(self._item)
-            if heard < self._item_bytes // 8:
+            if self.dialect.truncate and heard < self._item_bytes // self._bytes_per_ms:
                 actions.append(Send(json.dumps({"type": "conversation.item.truncate", "item_id": self._item,
                                                 "content_index": 0, "audio_end_ms": heard})))
             self._cut, self._item = self._item, None
@@ -206,15 +272,24 @@ class OpenAIAgent(WsAgent):
         response = event["response"]
         self._active = None
         actions: list[Action] = [AgentTurnEnd()]
+        calls, self._calls = self._calls, {}
         if response.get("status") == "completed":
             for item in response.get("output") or ():
                 if item.get("type") == "function_call":
-                    actions += self._on_function_call(item)
+                    calls[item["call_id"]] = item
+            for item in calls.values():
+                actions += self._on_function_call(item)
         if self._want_response:
             self._want_response = False
             if not self._requested:
                 actions += self._request_response()
         return actions
+
+    def _on_arguments_done(self, event: dict) -> list[Action]:
+        """A finished function call, kept for response.done (xAI's response.done may not list it, §README)."""
+        self._calls[event["call_id"]] = {"call_id": event["call_id"], "name": event["name"],
+                                         "arguments": event.get("arguments")}
+        return []
 
     def _on_function_call(self, item: dict) -> list[Action]:
         """A completed tool call: built-ins become our events; others get UNAVAILABLE and the model goes on."""
@@ -233,6 +308,14 @@ class OpenAIAgent(WsAgent):
         if code == "conversation_already_has_active_response":
             self._requested, self._want_response = False, True  # ours lost a race with server VAD: retry later
         return [VendorError(f"{code}: {err.get('message', '')}")]
+
+
+def _wire_format(ctx: AgentContext, vendor: str) -> AudioFormat:
+    """The call's own G.711, unless OPENAI_AUDIO_FORMAT names another (OpenAI and Azure only)."""
+    choice = ctx.settings.openai_audio_format if vendor in ("openai", "azure") else ""
+    if choice == "pcm16":
+        return AudioFormat("pcm16", PCM_RATE)
+    return AudioFormat(choice, 8000) if choice else AudioFormat.of(ctx.codec)
 
 
 def _history_item(role: str, text: str) -> dict[str, Any]:

@@ -53,3 +53,4 @@ register("openai", _lazy("bridge.vendors.openai", "OpenAIAgent"))
 register("azure", _lazy("bridge.vendors.openai", "OpenAIAgent"))
 register("deepgram", _lazy("bridge.vendors.deepgram", "DeepgramAgent"))
 register("gemini", _lazy("bridge.vendors.gemini", "GeminiAgent"))
+register("grok", _lazy("bridge.vendors.openai", "OpenAIAgent"))  # xAI speaks the Realtime protocol: a dialect

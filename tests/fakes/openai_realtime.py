@@ -39,7 +39,8 @@ from tests.fakes.ws_vendor import WsConnection, unknown_keys
 CLIENT_EVENTS = TypeAdapter(Annotated[Union[RealtimeClientEvent], Field(discriminator="type")])  # noqa: UP007
 SERVER_EVENTS = TypeAdapter(Annotated[Union[RealtimeServerEvent], Field(discriminator="type")])  # noqa: UP007
 
-MODELS = ("gpt-realtime", "gpt-realtime-mini", "gpt-realtime-1.5", "gpt-realtime-2")
+MODELS = ("gpt-realtime", "gpt-realtime-mini", "gpt-realtime-1.5", "gpt-realtime-2", "gpt-realtime-2.1",
+          "gpt-realtime-2.1-mini")
 BETA_SESSION_KEYS = ("input_audio_format", "output_audio_format", "voice", "turn_detection",
                      "input_audio_transcription", "modalities")
 BYTES_PER_MS = {"audio/pcmu": 8, "audio/pcma": 8, "audio/pcm": 48}

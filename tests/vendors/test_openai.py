@@ -99,7 +99,7 @@ class TestConnect:
         update = sess.received[0]
         assert update["type"] == "session.update"
         s = update["session"]
-        assert s["type"] == "realtime" and s["model"] == "gpt-realtime"
+        assert s["type"] == "realtime" and s["model"] == "gpt-realtime-2.1"
         assert s["audio"]["input"]["format"] == {"type": "audio/pcmu"}
         assert s["audio"]["output"]["format"] == {"type": "audio/pcmu"}
         assert s["audio"]["output"]["voice"] == "alloy"
@@ -109,7 +109,7 @@ class TestConnect:
         assert sess.headers["Authorization"] == f"Bearer {KEY}"
         assert sess.headers["OpenAI-Project"] == "proj_1" and sess.headers["OpenAI-Organization"] == "org_1"
         assert "OpenAI-Beta" not in sess.headers and fake.beta_rejections == 0
-        assert sess.model == "gpt-realtime" and fake.violations == []
+        assert sess.model == "gpt-realtime-2.1" and fake.violations == []
         await h.close()
 
     async def test_pcma_call_uses_pcma_both_ways(self, fake):
