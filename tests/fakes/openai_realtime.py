@@ -151,8 +151,7 @@ class Session(WsConnection):
         """Server VAD heard the caller: speech_started, and with interrupt_response the active reply is cancelled."""
         await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": len(self.audio) // 8,
                          "item_id": self.new_id("item")})
-        td = self.config["audio"]["input"].get("turn_detection") or {}
-        if td.get("interrupt_response") and self.response is not None and not self.response.done:
+        if self._turn_detection().get("interrupt_response") and self.response is not None and not self.response.done:
             await self._cancel(self.response, "turn_detected")
 
     async def turn(self, caller_text: str, reply: bytes = b"", reply_text: str = "") -> Response | None:
@@ -166,8 +165,10 @@ class Session(WsConnection):
         await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": user.id,
                          "content_index": 0, "transcript": caller_text,
                          "usage": {"type": "duration", "seconds": ms / 1000}})
-        td = self.config["audio"]["input"].get("turn_detection") or {}
-        return self.respond(reply, reply_text) if td.get("create_response") and reply else None
+        return self.respond(reply, reply_text) if self._turn_detection().get("create_response") and reply else None
+
+    def _turn_detection(self) -> dict:
+        return self.config["audio"]["input"].get("turn_detection") or {}
 
     # -- streaming ---------------------------------------------------------------------------------------------
 
@@ -299,7 +300,7 @@ class Session(WsConnection):
                 return await self._reject(Violation(f"Unknown parameter: 'session.{key}'.", "unknown_parameter"))
         for side in ("input", "output"):
             fmt = ((s.get("audio") or {}).get(side) or {}).get("format")
-            if fmt is not None and not _format_ok(fmt):
+            if fmt is not None and not _format_ok(fmt, self.fake.formats):
                 return await self._reject(Violation(f"Invalid audio format for {side}: {fmt}", "invalid_value"))
         _merge(self.config, s)
         await self.send({"type": "session.updated", "session": self.config})
@@ -360,10 +361,13 @@ class Session(WsConnection):
         await self.send({"type": "conversation.item.added", "previous_item_id": None, "item": item})
         await self.send({"type": "conversation.item.done", "previous_item_id": None, "item": item})
 
+    def hello(self) -> dict:
+        """The first server event of a connection."""
+        return {"type": "session.created", "session": {**self.config, "id": "sess_1", "object": "realtime.session",
+                                                       "expires_at": 2000000000}}
+
     async def run(self) -> None:
-        await self.send({"type": "session.created", "session": {**self.config, "id": "sess_1",
-                                                                 "object": "realtime.session",
-                                                                 "expires_at": 2000000000}})
+        await self.send(self.hello())
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
@@ -380,8 +384,8 @@ class Session(WsConnection):
                 self.closed.set()
 
 
-def _format_ok(fmt: Any) -> bool:
-    if not isinstance(fmt, dict) or fmt.get("type") not in BYTES_PER_MS:
+def _format_ok(fmt: Any, formats: tuple[str, ...] = tuple(BYTES_PER_MS)) -> bool:
+    if not isinstance(fmt, dict) or fmt.get("type") not in formats:
         return False
     if fmt["type"] == "audio/pcm":
         return fmt.get("rate") == 24000
@@ -397,17 +401,24 @@ def _merge(into: dict, update: dict) -> None:
 
 
 class FakeRealtime:
-    """The fake service. `await start()` returns its ws:// base URL; `sessions` lists the connections."""
+    """The fake service. `await start()` returns its ws:// base URL; `sessions` lists the connections.
+
+    `formats` narrows the audio formats accepted: ("audio/pcm",) is a gateway that carries PCM16 only.
+    """
+
+    session_class: type[Session] = Session
+    models: tuple[str, ...] = MODELS
 
     def __init__(self, api_key: str = "sk-test-0123456789", *, azure: bool = False,
                  deployments: tuple[str, ...] = ("my-realtime",), speed: float = 4.0,
                  reply_audio: bytes = b"", reply_text: str = "", check_server: bool = True,
-                 chunks: tuple[int, ...] = CHUNKS) -> None:
+                 chunks: tuple[int, ...] = CHUNKS, formats: tuple[str, ...] = tuple(BYTES_PER_MS)) -> None:
         self.api_key = api_key
+        self.formats = formats
         self.azure = azure
         self.deployments = deployments
         self.speed = speed  # how much faster than real time audio is streamed
-        self.chunks = chunks  # delta sizes in bytes of G.711 (cycled)
+        self.chunks = chunks  # delta sizes in ms x 8 (bytes of G.711; cycled)
         self.reply_audio = reply_audio  # what a client's response.create gets (the greeting)
         self.reply_text = reply_text
         self.check_server = check_server
@@ -428,6 +439,13 @@ class FakeRealtime:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return f"http://127.0.0.1:{port}" if self.azure else f"ws://127.0.0.1:{port}/v1/realtime"
+
+    async def __aenter__(self) -> FakeRealtime:
+        self.url = await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         for s in self.sessions:
@@ -475,8 +493,8 @@ class FakeRealtime:
             await ws.close(code=BETA_CLOSE[0], message=BETA_CLOSE[1].encode())
             return ws
         model = request.query.get("model", "")
-        known = self.deployments if self.azure else MODELS
-        session = Session(self, ws, request, model)
+        known = self.deployments if self.azure else self.models
+        session = self.session_class(self, ws, request, model)
         if model not in known or self.refuse_with is not None:
             error = self.refuse_with or {"type": "invalid_request_error", "code": "model_not_found",
                                          "message": f"The model '{model}' does not exist or you do not have "

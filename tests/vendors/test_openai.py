@@ -75,10 +75,8 @@ def make_agent(url: str, played: Played | None = None, codec: Codec = Codec.PCMU
 
 @pytest.fixture
 async def fake():
-    server = FakeRealtime(KEY, reply_audio=GREETING, reply_text="Hello, how can I help?")
-    server.url = await server.start()
-    yield server
-    await server.stop()
+    async with FakeRealtime(KEY, reply_audio=GREETING, reply_text="Hello, how can I help?") as server:
+        yield server
 
 
 async def connected(fake: FakeRealtime, played: Played | None = None, **overrides) -> Harness:
