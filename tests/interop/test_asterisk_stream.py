@@ -29,7 +29,7 @@ from bridge.codec.g711 import ulaw_decode
 from bridge.pbx.ari.app import serve_ari
 from bridge.pbx.audiosocket.server import AudioSocketServer
 from bridge.pbx.websocket.server import WebSocketServer
-from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest
+from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest, TransferRequest
 from tests.interop.asterisk_peer import AsteriskPeer, skip_reason
 from tests.pbx.ari.harness import ScriptedAgent, wait_until
 
@@ -297,3 +297,17 @@ async def test_agent_hangup_plays_the_goodbye_and_leaves_nothing_behind(asterisk
         await wait_until(lambda: not stack.core.calls, timeout=5, what="agent hang-up ended the call")
         await nothing_left(asterisk, stack)
     assert sum(1 for _, f in tap.sent if f == bytes([0x10]) * 160) == 10  # the goodbye left before the hang-up
+
+
+@pytest.mark.parametrize("way", [w for w in WAYS if w.ari_media], ids=str)
+async def test_agent_transfer_on_an_ari_way_continues_the_caller_in_the_dialplan(asterisk, settings, way):
+    made: list[ScriptedAgent] = []
+    settings = dataclasses.replace(settings, transfer_context="interop-transfer")
+    async with Stack(asterisk, settings, way, scripted(made, [TransferRequest("2000")])) as stack:
+        await originate(asterisk, "s@interop-tone", way)
+        await wait_until(lambda: stack.core.calls, timeout=5, what="call up")
+        caller = next(iter(stack.core.calls))
+        await wait_until(lambda: not stack.core.calls, what="call handed back")
+        channel = await asyncio.to_thread(asterisk.get, f"/channels/{caller}")
+        assert (channel["dialplan"]["context"], channel["dialplan"]["exten"]) == ("interop-transfer", "2000")
+        await nothing_left(asterisk, stack)  # [interop-transfer] hangs up after 1 s

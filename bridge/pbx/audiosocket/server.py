@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 CODEC = Codec.PCMU  # the core's side of the conversion: μ-law keeps the telephone's 8 kHz 14-bit range
 IDENTIFY_TIMEOUT = 5.0  # seconds for the UUID message, which Asterisk writes right after connecting
 READ_SIZE = 65536
+# A stalled Asterisk stops reading: past 64 KiB waiting in our send buffer (about 4 s of 20 ms frames) newer
+# frames are dropped and counted rather than queued without end.
+MAX_UNSENT_BYTES = 64 * 1024
 
 
 class AudioSocketControl:
@@ -72,6 +75,7 @@ class AudioSocketSession:
         self._resampler_rate = 0
         self._pending: list[wire.Message] = []  # what arrived with the UUID
         self.failures = 0
+        self.dropped = 0  # downlink frames dropped because Asterisk did not read (MAX_UNSENT_BYTES)
         # DTMF over the connection reaches the agent, except on an ARI call: the bridge passes the caller's keys
         # to the ExternalMedia channel too, and ARI already reports them (ChannelDtmfReceived); once is enough.
         self.digits = True
@@ -167,8 +171,12 @@ class AudioSocketSession:
 
     def _send(self, frame: bytes) -> None:
         """One 20 ms G.711 frame of the downlink, as a 0x10 slin message (called on the clock's tick)."""
-        if not self.writer.is_closing():
-            self.writer.write(wire.audio(g711.decode(CODEC, frame).astype("<i2").tobytes()))
+        if self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            self.dropped += 1
+            return
+        self.writer.write(wire.audio(g711.decode(CODEC, frame).astype("<i2").tobytes()))
 
 
 class AudioSocketServer:

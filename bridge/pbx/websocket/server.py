@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CODECS = {"ulaw": Codec.PCMU, "alaw": Codec.PCMA}
 START_TIMEOUT = 5.0  # seconds for MEDIA_START, which Asterisk sends right after the upgrade
+MAX_UNSENT_FRAMES = 50  # 1 s: a websocket that does not drain loses the oldest frames beyond this, counted
 MAX_MESSAGE = 65500  # AST_WEBSOCKET_MAX_RX_PAYLOAD_SIZE-ish: Asterisk sends 160-byte frames and short events
 
 
@@ -140,7 +141,7 @@ class MediaSession:
 
     def _send(self, frame: bytes) -> None:
         """One 20 ms frame of the downlink (called on the clock's tick); the send loop writes it."""
-        if self.paused:
+        if self.paused or len(self._out) >= MAX_UNSENT_FRAMES:
             self.dropped += 1
             return
         self._out.append(frame)

@@ -150,3 +150,20 @@ async def test_a_refused_call_is_told_to_hang_up(overrides):
         await fake.connect()
         await asyncio.wait_for(fake.ended.wait(), 5)
     assert fake.hangup_reason == "hangup" and fake.received == []
+
+
+async def test_a_peer_that_stops_reading_costs_bounded_memory():
+    from bridge.pbx.audiosocket.server import MAX_UNSENT_BYTES
+
+    async with Running() as running:
+        fake = FakeAudioSocketClient(running.server.address)
+        await fake.connect()
+        await wait_until(lambda: running.server.sessions and running.core.calls, what="call up")
+        session = next(iter(running.server.sessions))
+        transport = session.writer.transport
+        transport.pause_reading()
+        # the kernel buffers of a loopback socket hold minutes of 20 ms frames: pretend they are full
+        transport.get_write_buffer_size = lambda: MAX_UNSENT_BYTES + 1
+        dropped = session.dropped
+        await wait_until(lambda: session.dropped > dropped + 5, what="frames dropped, not queued")
+        await fake.close()
