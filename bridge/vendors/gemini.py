@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from bridge.media import AudioFormat
 from bridge.vendors import tools
@@ -19,6 +20,7 @@ INPUT_MIME = f"audio/pcm;rate={INPUT_RATE}"
 COMPRESSION = {"slidingWindow": {}}
 # The JSON-schema keys Gemini's OpenAPI-subset Schema understands (google-genai types.Schema).
 SCHEMA_KEYS = ("description", "enum", "format", "nullable", "required", "minimum", "maximum")
+HISTORY = 20  # utterances given to a fresh session when a resumption handle is refused: recent, bounded
 
 
 def gemini_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,6 +73,12 @@ def greeting_message(greeting: str, mode: str = "client_content") -> dict[str, A
     return {"clientContent": {"turns": [{"role": "user", "parts": [{"text": text}]}], "turnComplete": True}}
 
 
+def context_message(history: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """The conversation so far as clientContent turns, without turnComplete: context, not a question."""
+    turns = [{"role": "user" if role == "caller" else "model", "parts": [{"text": text}]} for role, text in history]
+    return {"clientContent": {"turns": turns, "turnComplete": False}}
+
+
 def _json(message: Mapping[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
 
@@ -90,6 +98,8 @@ class GeminiAgent(WsAgent):
         self._heard = ""  # the caller's utterance, transcribed in pieces
         self._said = ""  # the agent's utterance, transcribed in pieces
         self._greet = False
+        self._history: deque[tuple[str, str]] = deque(maxlen=HISTORY)  # (role, text), for a fresh session
+        self._fresh = False  # a fresh session after a refused handle: give it the conversation so far
 
     # -- hooks (no I/O) -------------------------------------------------------------------------------------
 
@@ -105,6 +115,15 @@ class GeminiAgent(WsAgent):
     def on_reconnect(self) -> None:
         self._leaving = False
         self._resumable = False
+
+    def on_resume_refused(self) -> bool:
+        """An expired or unknown handle: forget it, open a new session and hand it the conversation so far."""
+        if self.handle is None:
+            return False
+        self.ctx.log.warning("! gemini refused the session handle; a new session gets %d earlier utterances",
+                             len(self._history))
+        self.handle, self._fresh = None, True
+        return True
 
     def audio_message(self, data: bytes) -> Message:
         blob = {"data": base64.b64encode(data).decode("ascii"), "mimeType": INPUT_MIME}
@@ -131,6 +150,9 @@ class GeminiAgent(WsAgent):
     # -- server messages ------------------------------------------------------------------------------------
 
     def _setup_complete(self, body: Mapping[str, Any]) -> list[Action]:
+        if self._fresh:
+            self._fresh = False
+            return [Ready(), Send(_json(context_message(self._history)))] if self._history else [Ready()]
         if not self._greet:
             return [Ready()]
         self._greet = False
@@ -198,11 +220,17 @@ class GeminiAgent(WsAgent):
 
     def _flush_heard(self) -> list[AgentEvent]:
         text, self._heard = self._heard.strip(), ""
-        return [Transcript("caller", text)] if text else []
+        return self._utterance("caller", text)
 
     def _flush_said(self) -> list[AgentEvent]:
         text, self._said = self._said.strip(), ""
-        return [Transcript("agent", text)] if text else []
+        return self._utterance("agent", text)
+
+    def _utterance(self, role: Literal["caller", "agent"], text: str) -> list[AgentEvent]:
+        if not text:
+            return []
+        self._history.append((role, text))
+        return [Transcript(role, text)]
 
 
 def _text(body: Mapping[str, Any], camel: str, snake: str) -> str:

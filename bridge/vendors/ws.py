@@ -12,7 +12,8 @@ A vendor module subclasses `WsAgent` and only translates; it implements four hoo
                                Reconnect(why)  close this socket and reopen it resumed (Gemini goAway)
     audio_message(data)   -> message          caller audio (in input_format) as the vendor wants it
 and optionally `on_reconnect()` (reset per-connection state, e.g. keep a resumption handle for the next
-on_open) and `keepalive` (a message sent after so many idle seconds).
+on_open), `on_resume_refused()` (the vendor refused to resume: True to open afresh at once, e.g. Gemini
+without its expired handle) and `keepalive` (a message sent after so many idle seconds).
 
 The runner (`WsSession`, owned by `WsAgent`) does the I/O:
   * connect: `websockets` with the endpoint's headers, the whole handshake (socket + on_open + until Ready)
@@ -386,7 +387,7 @@ class WsSession:
             await asyncio.sleep(delay)
             self.agent.on_reconnect()
             try:
-                ws = await self._open(resumed=True)
+                ws = await self._open_resumed()
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed, AgentRefused) as err:
                 why = self._describe(err)
                 self.log.warning("! %s reconnect %d/%d failed: %s", self.agent.vendor, attempt, self.max_attempts,
@@ -399,6 +400,16 @@ class WsSession:
             return ws
         self._finish(AgentClosed(f"{self.agent.vendor} lost: {why}", error=True))
         return None
+
+    async def _open_resumed(self) -> ClientConnection:
+        """Reopen after a drop; a refused resumption is retried afresh at once when the agent can."""
+        try:
+            return await self._open(resumed=True)
+        except (InvalidHandshake, ConnectionClosed, AgentRefused) as err:
+            if classify(err) != "refused" or not self.agent.on_resume_refused():
+                raise
+            self.log.warning("! %s refused to resume (%s); starting afresh", self.agent.vendor, self._describe(err))
+            return await self._open(resumed=True)
 
     async def _send_loop(self, ws: ClientConnection) -> None:
         """Send queued messages in order, control first; a message that fails to send goes back in front."""
@@ -506,6 +517,10 @@ class WsAgent(Agent):
     def on_reconnect(self) -> None:
         """Called before each reconnect attempt: reset per-connection state (in-flight item ids, ...)."""
         return None
+
+    def on_resume_refused(self) -> bool:
+        """The vendor refused to resume the session: True when a fresh open is worth trying at once."""
+        return False
 
     # -- the Agent API ---------------------------------------------------------------------------------------
 

@@ -211,6 +211,29 @@ class TestResumption:
         await second.wait_audio(640)
         assert not events.of(AgentClosed)
 
+    async def test_refused_handle_starts_a_fresh_session_with_the_conversation_so_far(self, fake, session):
+        agent, events = session
+        conn = await fake.connection()
+        await events.wait(AgentTurnEnd)  # the greeting
+        await conn.transcribe_input("I need a plumber")
+        await conn.speak(0.1, text="Sure, where are you?")
+        await events.wait(AgentTurnEnd, 2)
+        await wait_for(lambda: agent.handle is not None, what="a handle")
+        fake.handles.clear()  # every handle expired (the ~58 minute reports)
+        await conn.drop()
+        fresh = await fake.connection(2)  # the second connection asked to resume and was closed with 1007
+        assert len(fake.connections) == 3 and fake.connections[1].ready.is_set() is False
+        assert fresh.resumed_from is None and "handle" not in fresh.setup["sessionResumption"]
+        await wait_for(lambda: fresh.turns, what="the conversation so far")
+        said = [(t["role"], t["parts"][0]["text"]) for t in fresh.turns[0]["turns"]]
+        assert ("user", "I need a plumber") in said and ("model", "Sure, where are you?") in said
+        assert fresh.turns[0]["turnComplete"] is False  # context only: no reply, no second greeting
+        agent.send_audio(b"\x00\x01" * 320)
+        await fresh.wait_audio(640)
+        assert not events.of(AgentClosed)
+        assert len(fake.violations) == 1 and "unknown session resumption handle" in fake.violations[0]
+        fake.violations.clear()  # the one refusal this test provoked
+
     @staticmethod
     async def carried_on(fake: FakeGeminiLive, events: Collector):  # type: ignore[no-untyped-def]
         """The agent is on a second connection, plays what it says, and the session never closed."""
