@@ -26,6 +26,11 @@ The runner (`WsSession`, owned by `WsAgent`) does the I/O:
   * reconnect: a drop classified retryable (`classify`) is retried after `reconnect_delays(...)` with the
     same settings (`on_open(resumed=True)`), at most MAX_RECONNECT_ATTEMPTS times; events already received
     are never lost; when it gives up, `AgentClosed(error=True)` is the last event;
+  * acknowledged audio: a successful send only means the bytes reached our kernel, so every ACK_INTERVAL a
+    websocket ping goes out and its pong acknowledges the audio sent before it (TCP keeps order). Audio not
+    yet acknowledged when a connection drops is sent again, first, on the next one (at most the send
+    queue's bound), so the vendor hears the caller from the moment of the drop; a few frames it did get may
+    come twice. A ping unanswered for ACK_TIMEOUT means a dead socket: it is aborted and reconnected;
   * close: `aclose(code)` closes with 1000 (call over) or 1001 (going away); one owner task, one TaskGroup
     per connection (sender + receiver), nothing left running.
 """
@@ -57,6 +62,8 @@ SEND_QUEUE_FRAMES = 50  # 1 s of 20 ms caller frames; older audio is stale for a
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # OpenAI accepts 15 MiB events; replies with long transcripts stay below
 MAX_RETRY_DELAY = 30.0  # seconds: a live caller is waiting, longer gaps are pointless
 CLOSE_TIMEOUT = 2.0  # seconds the closing handshake may take before the TCP connection is dropped
+ACK_INTERVAL = 0.25  # seconds between pings that acknowledge sent audio (at most this much is replayed twice)
+ACK_TIMEOUT = 5.0  # seconds without a pong before a connection counts as dead
 REFUSED_HTTP = frozenset({400, 401, 402, 403, 404, 405, 426, 429})  # the request itself is wrong or unpaid
 RETRY_CLOSE = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})  # server went away or failed
 
@@ -205,6 +212,8 @@ class SendQueue:
         self.audio_limit = audio_limit
         self.dropped_audio = 0
         self.wake = asyncio.Event()
+        self.unacked: deque[tuple[int, Message]] = deque(maxlen=audio_limit)  # (number, audio) sent, not acked
+        self.sent_audio = 0  # audio messages sent so far (numbers them)
 
     def put_control(self, message: Message) -> None:
         self.control.append(message)
@@ -216,6 +225,24 @@ class SendQueue:
             self.dropped_audio += 1
         self.audio.append(message)
         self.wake.set()
+
+    def sent(self, message: Message) -> None:
+        """Audio that left on the socket: kept until a pong acknowledges it."""
+        self.unacked.append((self.sent_audio, message))
+        self.sent_audio += 1
+
+    def acknowledge(self, upto: int) -> None:
+        """The peer has everything numbered below `upto`."""
+        while self.unacked and self.unacked[0][0] < upto:
+            self.unacked.popleft()
+
+    def replay_unacked(self) -> None:
+        """Put unacknowledged audio back in front of the queue, for the next connection (bounded)."""
+        self.audio.extendleft(message for _, message in reversed(self.unacked))
+        self.unacked.clear()
+        while len(self.audio) > self.audio_limit:
+            self.audio.popleft()
+            self.dropped_audio += 1
 
     def pop(self) -> tuple[Message, bool] | None:
         """The next message and whether it is control, or None when both queues are empty."""
@@ -356,13 +383,16 @@ class WsSession:
 
     async def _serve(self, ws: ClientConnection) -> ConnectionClosed | _Reconnect | None:
         """Run sender and receiver on one connection until it closes; return how it closed (None: fatal)."""
+        self.queue.unacked.clear()  # what an earlier connection left was acknowledged by its closing handshake
         async with asyncio.TaskGroup() as tg:
             sender = tg.create_task(self._send_loop(ws))
+            acker = tg.create_task(self._ack_loop(ws))
             try:
                 while True:
                     for action in self._translate(await ws.recv()):
                         self._apply(action)
             except ConnectionClosed as exc:
+                self.queue.replay_unacked()
                 return exc
             except _Reconnect as exc:
                 with contextlib.suppress(Exception):
@@ -375,6 +405,7 @@ class WsSession:
                 return None
             finally:
                 sender.cancel()
+                acker.cancel()
 
     async def _reconnect(self, exc: ConnectionClosed | _Reconnect) -> ClientConnection | None:
         """Try to reopen after a drop; None (with AgentClosed queued) when refused or exhausted."""
@@ -432,6 +463,27 @@ class WsSession:
             except ConnectionClosed:  # the receiver sees the close too and decides what happens next
                 (self.queue.control if control else self.queue.audio).appendleft(message)  # for the next socket
                 return
+            if not control:
+                self.queue.sent(message)
+
+    async def _ack_loop(self, ws: ClientConnection) -> None:
+        """Ping every ACK_INTERVAL while audio is unacknowledged; a pong acknowledges what was sent before it."""
+        while True:
+            await asyncio.sleep(ACK_INTERVAL)
+            if not self.queue.unacked:
+                continue
+            upto = self.queue.sent_audio
+            try:
+                pong = await ws.ping()
+                async with asyncio.timeout(ACK_TIMEOUT):
+                    await pong
+            except ConnectionClosed:
+                return
+            except TimeoutError:
+                self.log.warning("! %s no pong in %.0f s: connection dead", self.agent.vendor, ACK_TIMEOUT)
+                ws.transport.abort()
+                return
+            self.queue.acknowledge(upto)
 
     # -- translation -----------------------------------------------------------------------------------------
 

@@ -397,6 +397,41 @@ class TestRunnerSession:
         assert ws_tasks_left() == []
 
 
+async def test_audio_sent_into_a_dead_socket_is_replayed_after_reconnect():
+    """The peer stops reading (a dead socket nobody noticed yet) at frame 20, then the connection is killed:
+    the next connection receives every frame after the last one the first acknowledged, none lost."""
+    peer = Peer()
+    stop_at = 20
+    real_handler = peer.handler
+
+    async def handler(ws) -> None:  # the first connection stops reading from the socket after frame 20
+        original = ws.transport.pause_reading
+
+        async def watch() -> None:
+            await wait_until(lambda: any(m.get("data") == f"{stop_at:04d}" for m in peer.received[0]), 5.0)
+            original()
+
+        if peer.connections == 0:
+            asyncio.get_running_loop().create_task(watch())
+        await real_handler(ws)
+
+    peer.handler = handler
+    async with connected(peer) as (_, agent):
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for n in range(60):  # 1.2 s of 20 ms frames, the RTP pace
+            await asyncio.sleep(max(0.0, t0 + n * 0.02 - loop.time()))
+            agent.send_audio(f"{n:04d}".encode())
+            if n == stop_at + 15:  # 300 ms of frames went into the deaf socket
+                peer.live[0].transport.abort()
+        await wait_until(lambda: len(peer.received) == 2 and any(m.get("data") == "0059" for m in peer.received[1]))
+        first = [int(m["data"]) for m in peer.received[0] if m["type"] == "audio"]
+        second = [int(m["data"]) for m in peer.received[1] if m["type"] == "audio"]
+        assert set(first) | set(second) == set(range(60))  # nothing lost
+        assert second[0] <= max(first) + 1 and second == sorted(second)  # resent from the last acknowledged on
+        assert second[0] >= stop_at - 15  # only what was not acknowledged (~ACK_INTERVAL), not the whole call
+
+
 async def test_aclose_during_reconnect_is_prompt_and_leaves_nothing_open():
     async with connected(reconnect_delay_sec=5.0, max_reconnect_attempts=3) as (peer, agent):
         drop_refusing_503(peer)  # first retry fails; the next one waits 5 s
