@@ -66,6 +66,17 @@ def ingresses(settings: Settings) -> list[tuple[str, Ingress]]:
     return found
 
 
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """EVENT_LOOP: uvloop's loop (auto: when installed), or None for asyncio's own."""
+    if settings.event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None  # auto without uvloop (EVENT_LOOP=uvloop without it is refused by the configuration)
+    return uvloop.new_event_loop
+
+
 def describe(settings: Settings) -> list[str]:
     """The start-up lines: where the adapter listens, which agent it uses, how to call it."""
     lines = [f"agent: {settings.ai_vendor}" + (" (set AI_VENDOR and its key for a real AI)"
@@ -90,6 +101,7 @@ def describe(settings: Settings) -> list[str]:
     lines.append(f"RTP: {settings.media_host} ports {settings.rtp_port_min}-{settings.rtp_port_max}")
     if settings.admin_listen is None:
         lines.append("admin endpoint: off (ADMIN_LISTEN=off)")
+    lines.append(f"event loop: {type(asyncio.get_running_loop()).__module__.split('.')[0]}")
     return lines
 
 

@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(repr(settings))
         return 0
-    from bridge.app import serve
+    from bridge.app import loop_factory, serve
     from bridge.ops.logs import setup_logging
 
     setup_logging(settings)
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+            runner.run(serve(settings))
     except KeyboardInterrupt:
         pass
     return 0

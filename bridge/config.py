@@ -7,6 +7,7 @@ A value that cannot be used raises ConfigError with one line naming the variable
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -114,6 +115,7 @@ class Settings:
     agent_prompt_file: str = _env("AGENT_PROMPT_FILE", "")
     log_level: str = _env("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"))
     log_format: str = _env("LOG_FORMAT", "", _choice("json", "text", ""))  # empty: text on a terminal, else json
+    event_loop: str = _env("EVENT_LOOP", "auto", _choice("auto", "asyncio", "uvloop"))  # auto: uvloop if installed
 
     # media core
     rtp_port_min: int = _env("RTP_PORT_MIN", 10000, _port)
@@ -303,6 +305,8 @@ def load(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".
 
 
 def _check(s: Settings) -> None:
+    if s.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigError("EVENT_LOOP=uvloop is not valid: uvloop is not installed (pip install 'sip-to-ai[uvloop]')")
     if s.rtp_port_min > s.rtp_port_max:
         raise ConfigError(f"RTP_PORT_MIN={s.rtp_port_min} is above RTP_PORT_MAX={s.rtp_port_max}")
     needs = {

@@ -84,3 +84,18 @@ def test_stream_ingresses_are_off_by_default_and_loopback_only_when_on():
     assert (s.audiosocket_listen, s.websocket_listen) == (("0.0.0.0", 9093), ("::", 8765))
     assert config.allowed("127.0.0.1", s.audiosocket_allowed_cidrs)
     assert not config.allowed("192.0.2.7", s.websocket_allowed_cidrs)
+
+
+def test_event_loop_uvloop_without_uvloop_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="^EVENT_LOOP=uvloop is not valid"):
+        config.load(environ={"EVENT_LOOP": "uvloop"}, dotenv=None)
+
+
+def test_event_loop_choice():
+    from bridge.app import loop_factory
+
+    assert loop_factory(config.load(environ={"EVENT_LOOP": "asyncio"}, dotenv=None)) is None
+    uvloop = pytest.importorskip("uvloop")
+    for choice in ("auto", "uvloop"):
+        assert loop_factory(config.load(environ={"EVENT_LOOP": choice}, dotenv=None)) is uvloop.new_event_loop
