@@ -79,7 +79,8 @@ def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] 
 
 def describe(settings: Settings) -> list[str]:
     """The start-up lines: where the adapter listens, which agent it uses, how to call it."""
-    lines = [f"agent: {settings.ai_vendor}" + (" (set AI_VENDOR and its key for a real AI)"
+    lines = [f"instance {settings.instance} (SIP_TO_AI_INSTANCE)"] if settings.instance is not None else []
+    lines += [f"agent: {settings.ai_vendor}" + (" (set AI_VENDOR and its key for a real AI)"
                                                if settings.ai_vendor == "echo" else "")]
     if settings.sip_enabled:
         where = f"{settings.sip_domain}:{settings.sip_port}"

@@ -55,6 +55,10 @@ def _at_least_one(v: str) -> int:
     return n
 
 
+def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda v: kind(v) if v.strip() else None
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(v: str) -> str:
         low = v.strip().lower()
@@ -116,6 +120,7 @@ class Settings:
     log_level: str = _env("LOG_LEVEL", "INFO", _choice("debug", "info", "warning", "error"))
     log_format: str = _env("LOG_FORMAT", "", _choice("json", "text", ""))  # empty: text on a terminal, else json
     event_loop: str = _env("EVENT_LOOP", "auto", _choice("auto", "asyncio", "uvloop"))  # auto: uvloop if installed
+    instance: int | None = _env("SIP_TO_AI_INSTANCE", None, _optional(_positive(int)))  # see for_instance()
 
     # media core
     rtp_port_min: int = _env("RTP_PORT_MIN", 10000, _port)
@@ -300,8 +305,36 @@ def load(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".
     settings = Settings(**values)
     if settings.agent_prompt_file:
         settings = dataclasses.replace(settings, prompt=load_prompt(settings.agent_prompt_file))
+    settings = for_instance(settings)
     _check(settings)
     return settings
+
+
+# What SIP_TO_AI_INSTANCE=N offsets, so that N processes run from one configuration without clashes: each field
+# named here (a port, or a (host, port) pair; None stays None) gets + N; call records go to
+# CALL_RECORDS_DIR/instance-N. RTP ports need no offset: every instance binds from the same
+# RTP_PORT_MIN..MAX range and skips a port another process already holds.
+INSTANCE_PORTS = ("sip_port", "esl_listen", "admin_listen")
+
+
+def for_instance(s: Settings) -> Settings:
+    """The settings of instance `s.instance`: ports offset by N, Stasis app `<ARI_APP>-N`, records in instance-N."""
+    n = s.instance
+    if n is None:
+        return s
+    changes: dict[str, Any] = {"ari_app": f"{s.ari_app}-{n}"}
+    if s.call_records_dir:
+        changes["call_records_dir"] = str(Path(s.call_records_dir) / f"instance-{n}")
+    for name in INSTANCE_PORTS:
+        value = getattr(s, name)
+        port = value[1] if isinstance(value, tuple) else value
+        if value is None or port == 0:  # 0: an ephemeral port is unique already
+            continue
+        if port + n > 65535:
+            env = next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == name)
+            raise ConfigError(f"SIP_TO_AI_INSTANCE={n} is not valid: {env} {port} + {n} is above 65535")
+        changes[name] = (value[0], port + n) if isinstance(value, tuple) else port + n
+    return dataclasses.replace(s, **changes)
 
 
 def _check(s: Settings) -> None:

@@ -99,3 +99,20 @@ def test_event_loop_choice():
     uvloop = pytest.importorskip("uvloop")
     for choice in ("auto", "uvloop"):
         assert loop_factory(config.load(environ={"EVENT_LOOP": choice}, dotenv=None)) is uvloop.new_event_loop
+
+
+def test_an_instance_number_offsets_the_ports_and_names_its_stasis_app():
+    env = {"SIP_PORT": "5080", "ESL_LISTEN": "0.0.0.0:8084", "ARI_APP": "ai", "CALL_RECORDS_DIR": "/var/rec"}
+    lone = config.load(environ=env, dotenv=None)
+    assert (lone.instance, lone.sip_port, lone.esl_listen, lone.ari_app) == (None, 5080, ("0.0.0.0", 8084), "ai")
+    assert (lone.admin_listen, lone.call_records_dir) == (("127.0.0.1", 8090), "/var/rec")
+    for n in (0, 3):
+        s = config.load(environ={**env, "SIP_TO_AI_INSTANCE": str(n)}, dotenv=None)
+        assert (s.instance, s.sip_port, s.esl_listen, s.ari_app) == (n, 5080 + n, ("0.0.0.0", 8084 + n), f"ai-{n}")
+        assert (s.admin_listen, s.call_records_dir) == (("127.0.0.1", 8090 + n), f"/var/rec/instance-{n}")
+        assert (s.rtp_port_min, s.rtp_port_max) == (lone.rtp_port_min, lone.rtp_port_max)  # shared, see INSTANCE_PORTS
+    assert config.load(environ={"SIP_TO_AI_INSTANCE": ""}, dotenv=None).instance is None
+    with pytest.raises(ConfigError, match="^SIP_TO_AI_INSTANCE='-1' is not valid"):
+        config.load(environ={"SIP_TO_AI_INSTANCE": "-1"}, dotenv=None)
+    with pytest.raises(ConfigError, match="^SIP_TO_AI_INSTANCE=9 is not valid: SIP_PORT 65530 "):
+        config.load(environ={"SIP_TO_AI_INSTANCE": "9", "SIP_PORT": "65530"}, dotenv=None)

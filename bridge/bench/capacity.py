@@ -284,10 +284,20 @@ async def _send_media(calls: list[BenchCall], seconds: float) -> None:
 # ---- the adapter process --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(run: int = 1) -> int:
+    """A UDP port p on 127.0.0.1 with p .. p + run - 1 all free (probed, not held)."""
+    for _ in range(100):
+        with contextlib.ExitStack() as held:
+            first = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                for k in range(1, run):
+                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)).bind(("127.0.0.1", port + k))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no {run} consecutive free UDP ports")
 
 
 @dataclass
@@ -579,11 +589,14 @@ def kamailio_process(work: Path, adapters: list[int]) -> Iterator[int]:
 
 def _behind_kamailio(path: str, env: dict[str, str], args: argparse.Namespace, work: Path,
                      exact: list[int]) -> None:
-    ports = [free_port() for _ in range(args.processes)]
-    with kamailio_process(work, ports) as kport:
+    base = free_port(args.processes)  # one configuration: instance i serves SIP on base + i
+    with kamailio_process(work, [base + i for i in range(args.processes)]) as kport:
         def make() -> list[Adapter]:
-            return [sip_to_ai(p, (30000, 39999), {**env, "SIP_TO_AI_INSTANCE": str(i)})
-                    for i, p in enumerate(ports)]
+            adapters = [sip_to_ai(base, (30000, 39999), {**env, "SIP_TO_AI_INSTANCE": str(i)})
+                        for i in range(args.processes)]
+            for i, a in enumerate(adapters):
+                a.port = base + i
+            return adapters
 
         search(f"sip-to-ai x{args.processes} kamailio", path, make, lambda a: kport, args.start, args.max,
                args.seconds, work, exact)
