@@ -121,7 +121,8 @@ class SipServer:
 
     def _unavailable(self) -> str | None:
         reason = self.core.admit()
-        if reason is None and len(self.core.calls) + len(self._starting) >= self.settings.max_calls:
+        setting_up = sum(1 for call_id in self._starting if call_id not in self.core.calls)  # not counted twice
+        if reason is None and len(self.core.calls) + setting_up >= self.settings.max_calls:
             reason = f"max calls ({self.settings.max_calls}) reached"
         return reason
 
