@@ -12,6 +12,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.call import MediaCore
+from bridge.config import Settings
 from bridge.ops.service import Ops
 from bridge.sip.transport import SipServer
 from bridge.vendors.base import Agent, AgentContext
@@ -54,28 +55,42 @@ async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str
 
 
 @contextlib.asynccontextmanager
-async def ops_bridge(agent_factory: Callable[[AgentContext], Agent] | None = None,
-                     **overrides: Any) -> AsyncIterator[Bridge]:
+async def running_ops(core: MediaCore, settings: Settings) -> AsyncIterator[Ops]:
+    """`Ops` on `core` with its tasks running (admin endpoint on the address it reports); stopped after."""
+    ops = Ops(core, settings)
+    task = asyncio.create_task(ops.run())
+    try:
+        await until(lambda: ops.admin_address is not None or settings.admin_listen is None or task.done())
+        yield ops
+    finally:
+        await core.wait_idle(3.0)
+        await ops.flush(1.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def ops_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = dict(sip_port=0, admin_listen=("127.0.0.1", 0), rtp_port_min=46000,
                                   rtp_port_max=46999, echo_delay_ms=200)
     values.update(overrides)
-    settings = make_settings(**values)
+    return make_settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def ops_bridge(agent_factory: Callable[[AgentContext], Agent] | None = None,
+                     **overrides: Any) -> AsyncIterator[Bridge]:
+    """The SIP responder and the ops side on one core, with `overrides` over the test settings."""
+    settings = ops_settings(**overrides)
     core = MediaCore(settings, agent_factory)
-    ops = Ops(core, settings)
     server = SipServer(core, settings)
     ready = asyncio.Event()
-    ops_task = asyncio.create_task(ops.run())
-    sip_task = asyncio.create_task(server.run(ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 5)
-        await until(lambda: ops.admin_address is not None or settings.admin_listen is None)
-        yield Bridge(core, ops, server.address[1])
-    finally:
-        sip_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sip_task
-        await core.wait_idle(3.0)
-        await ops.flush(1.0)
-        ops_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ops_task
+    async with running_ops(core, settings) as ops:
+        sip_task = asyncio.create_task(server.run(ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 5)
+            yield Bridge(core, ops, server.address[1])
+        finally:
+            sip_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sip_task
