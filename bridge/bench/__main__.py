@@ -1,4 +1,4 @@
-"""`python -m bridge.bench [codec|pacing|vendors|all|capacity] [options]`: print the figures, with the command."""
+"""`python -m bridge.bench [codec|pacing|vendors|ops|all|capacity] [options]`: print the figures, with the command."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ def main() -> None:
         capacity.main(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(prog="python -m bridge.bench")
-    parser.add_argument("which", nargs="?", default="all", choices=["codec", "pacing", "vendors", "all"])
+    parser.add_argument("which", nargs="?", default="all", choices=["codec", "pacing", "vendors", "ops", "all"])
     parser.add_argument("--calls", default="1,100,500", help="pacing: comma-separated call counts")
     parser.add_argument("--seconds", type=float, default=10.0, help="pacing: seconds measured per run")
     args = parser.parse_args()
-    for name in ("codec", "pacing", "vendors") if args.which == "all" else (args.which,):
+    for name in ("codec", "pacing", "vendors", "ops") if args.which == "all" else (args.which,):
         try:
             module = importlib.import_module(f"bridge.bench.{name}")
         except ModuleNotFoundError as exc:
