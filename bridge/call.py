@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from bridge.clock import TICK, SharedClock
 from bridge.codec import convert
@@ -53,6 +53,7 @@ from bridge.vendors.base import (
 log = logging.getLogger("bridge.call")
 
 DRAIN_LIMIT = 30.0  # seconds of goodbye audio an end_call waits for at most
+RELEASED_STREAMS_KEPT = 1000  # ids remembered after their call ended unconnected (far more than connect races need)
 CLEANUP_TIMEOUT = 5.0  # seconds each release step may take
 # What makes create_call a refusal rather than a failure: the vendor said no (or never connected), the RTP port
 # range is exhausted, or the RTP socket could not be bound (e.g. MEDIA_HOST is not an address of this host).
@@ -317,18 +318,26 @@ class MediaCore:
         self.links: dict[str, Callable[[], bool]] = {}  # configured PBX control links (ARI, ESL inbound): up?
         self.tap_factory: Callable[[str, Codec], MediaTap | None] | None = None
         self._awaiting_stream: dict[str, Call] = {}
+        self._released_streams: dict[str, None] = {}  # ids of calls gone before their connection came (bounded)
 
     def expect_stream(self, stream_id: str, call: Call) -> None:
         """`call`'s media will arrive as a connection presenting `stream_id` (see bridge/stream.py)."""
         call.stream_id = stream_id
         self._awaiting_stream[stream_id] = call
 
-    def claim_stream(self, stream_id: str) -> Call | None:
-        """The call waiting for the connection that presents `stream_id`, once; None when no call expects it."""
+    def claim_stream(self, stream_id: str) -> Call | Literal[False] | None:
+        """The call waiting for the connection that presents `stream_id`, once; False when that call has already
+        ended (the connection is a leftover: close it, start nothing); None when no call expects it."""
+        if stream_id in self._released_streams:
+            return False
         return self._awaiting_stream.pop(stream_id, None)
 
     def forget_stream(self, stream_id: str) -> None:
-        self._awaiting_stream.pop(stream_id, None)
+        """The call named `stream_id` is over: a connection that still presents it is a leftover."""
+        if self._awaiting_stream.pop(stream_id, None) is not None:
+            self._released_streams[stream_id] = None
+            while len(self._released_streams) > RELEASED_STREAMS_KEPT:
+                del self._released_streams[next(iter(self._released_streams))]
 
     def admit(self, ingress: str = "") -> str | None:
         """None when a new call may start, else the reason it may not. With `ingress` (a call is at the door, not

@@ -89,6 +89,9 @@ class AudioSocketSession:
             return
         self.log = CallLog(log, {"call_id": uuid})
         call = self.core.claim_stream(uuid)
+        if call is False:  # its call ended before Asterisk connected: nothing to carry, no new call either
+            self.log.info("x media connection for a call that has ended: closing it")
+            return
         if call is not None:  # an ExternalMedia channel of a call the ARI ingress runs: media only
             self.log.info("= media connection for %s", call.call_id)
             self.digits = False
@@ -129,7 +132,9 @@ class AudioSocketSession:
 
     async def carry(self, call: Call) -> None:
         """Carry `call`'s media over this connection until either ends."""
-        self._deliver(call, self._pending)
+        if why := self._deliver(call, self._pending):
+            call.end(why)
+            return
         await carry(call, self._send, self._read(call))
 
     async def _read(self, call: Call) -> str:

@@ -90,6 +90,9 @@ class MediaSession:
             await self.command("HANGUP")
             return
         call = self.core.claim_stream(start.channel_id)
+        if call is False:  # its call ended before Asterisk connected: nothing to carry, no new call either
+            self.log.info("x media connection for a call that has ended: closing it")
+            return
         if call is not None:  # the ExternalMedia channel of a call the ARI ingress runs: media only
             self.log.info("= media connection for %s", call.call_id)
             self.digits = False

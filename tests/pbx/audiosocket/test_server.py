@@ -167,3 +167,16 @@ async def test_a_peer_that_stops_reading_costs_bounded_memory():
         dropped = session.dropped
         await wait_until(lambda: session.dropped > dropped + 5, what="frames dropped, not queued")
         await fake.close()
+
+
+async def test_a_connection_for_a_call_that_already_ended_is_closed_and_starts_nothing():
+    async with Running() as running:
+        core = running.core
+        call_uuid = str(uuidlib.uuid4())
+        call = await core.create_call(CallInfo("ari-2", "ari"), MediaLeg(None, Codec.PCMU, stream=True))
+        core.expect_stream(call_uuid, call)
+        await call.aclose()  # e.g. the caller hung up while ExternalMedia was being created
+        fake = FakeAudioSocketClient(running.server.address, call_uuid)
+        await fake.connect()
+        await asyncio.wait_for(fake.ended.wait(), 5)
+        assert fake.hangup_reason == "eof" and not core.calls
