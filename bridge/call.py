@@ -96,7 +96,7 @@ class Call:
         self.core = core
         self.info = info
         self.log = log_
-        self.playout = Playout(leg.codec.silence, core.settings.playout_max_seconds)
+        self.playout = Playout(leg.format.silence_frame, core.settings.playout_max_seconds)
         endpoint = StreamEndpoint if leg.stream else RtpEndpoint
         self.endpoint: RtpEndpoint | StreamEndpoint = endpoint(leg, self.playout, self._on_media)
         self.stream_id = ""  # the id its media connection will present (MediaCore.expect_stream)
@@ -126,9 +126,9 @@ class Call:
 
     def update_media(self, leg: MediaLeg) -> None:
         """The remote media moved or its codec changed (re-INVITE, learned address)."""
-        if leg.codec is not self.endpoint.leg.codec and self.agent is not None:
+        if leg.format != self.endpoint.leg.format and self.agent is not None:
             self._bind_converters(leg)
-            self.playout.silence_frame = bytes([leg.codec.silence]) * len(self.playout.silence_frame)
+            self.playout.silence_frame = leg.format.silence_frame
         self.endpoint.retarget(leg)
 
     def set_sending(self, on: bool) -> None:
@@ -159,11 +159,14 @@ class Call:
             self.endpoint.leg.codec.name, self.started_at))
         if isinstance(self.endpoint, RtpEndpoint):
             await self.endpoint.open(self.core.ports.bind(self.core.settings.media_host))
-        if self.core.tap_factory is not None:
+        if self.core.tap_factory is not None and self.endpoint.leg.linear_rate:
+            self.log.info("= not recorded: recordings are G.711 and this leg is %s", self.endpoint.leg.format)
+        elif self.core.tap_factory is not None:
             self.tap = self.core.tap_factory(self.call_id, self.endpoint.leg.codec)
             self.endpoint.tap = self.tap.heard if self.tap is not None else None
-        ctx = AgentContext(self.info, self.endpoint.leg.codec, self.core.settings, self.playout.played_ms, self.log,
-                           lambda: self.core.draining)
+        leg = self.endpoint.leg
+        ctx = AgentContext(self.info, leg.codec, self.core.settings, self.playout.played_ms, self.log,
+                           lambda: self.core.draining, leg.format)
         self.agent = agent_factory(ctx)
         self._bind_converters(self.endpoint.leg)
         limit = self.core.settings.ai_connection_timeout_sec + 1  # the vendor runner has its own, tighter limit
@@ -177,8 +180,8 @@ class Call:
 
     def _bind_converters(self, leg: MediaLeg) -> None:
         assert self.agent is not None
-        self._to_agent = convert.uplink(leg.codec, self.agent.input_format)
-        self._from_agent = convert.downlink(self.agent.output_format, leg.codec)
+        self._to_agent = convert.converter(leg.format, self.agent.input_format)
+        self._from_agent = convert.converter(self.agent.output_format, leg.format)
 
     async def run(self, control: CallControl) -> str:
         """Carry the call until either side ends it; release everything; return the reason (logged once)."""
@@ -264,8 +267,9 @@ class Call:
                     self.playout.end_turn()
                 case AgentInterrupted():
                     dropped = self.playout.clear()
-                    self.log.info("= barge-in: dropped %d ms of queued audio", dropped // 8)
-                    publish(ev.BargeIn(self.call_id, self.vendor, dropped // 8, self.offset()))
+                    dropped_ms = dropped * 1000 // self.playout.bytes_per_second
+                    self.log.info("= barge-in: dropped %d ms of queued audio", dropped_ms)
+                    publish(ev.BargeIn(self.call_id, self.vendor, dropped_ms, self.offset()))
                 case Transcript(role=role, text=text):
                     self.log.info("%s %s: %s", "<" if role == "caller" else ">", role, text)
                     publish(ev.TranscriptLine(self.call_id, role, text, self.offset()))

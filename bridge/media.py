@@ -41,6 +41,16 @@ class AudioFormat:
     def of(cls, codec: Codec) -> AudioFormat:
         return cls("pcmu" if codec is Codec.PCMU else "pcma", 8000)
 
+    @property
+    def bytes_per_second(self) -> int:
+        return self.rate * (2 if self.encoding == "pcm16" else 1)
+
+    @property
+    def silence_frame(self) -> bytes:
+        """One 20 ms frame of digital silence."""
+        byte = {"pcmu": Codec.PCMU.silence, "pcma": Codec.PCMA.silence}.get(self.encoding, 0)
+        return bytes([byte]) * (self.bytes_per_second * FRAME_MS // 1000)
+
 
 @dataclass(frozen=True)
 class MediaLeg:
@@ -54,8 +64,14 @@ class MediaLeg:
     codec: Codec = Codec.PCMU
     payload_type: int | None = None  # defaults to codec.payload_type
     dtmf_payload_type: int | None = None  # RFC 4733 telephone-event PT, when negotiated
-    raw: bool = False  # headerless G.711 datagrams (FreeSWITCH `unicast`), not RTP
+    raw: bool = False  # headerless datagrams (FreeSWITCH `unicast`), not RTP
     stream: bool = False  # carried by the ingress's own connection (AudioSocket, chan_websocket): no UDP socket
+    linear_rate: int | None = None  # raw 16-bit linear audio at this rate (`unicast` without `native`), not G.711
+
+    @property
+    def format(self) -> AudioFormat:
+        """What the leg's payloads are: its G.711 law, or PCM16 at `linear_rate`."""
+        return AudioFormat("pcm16", self.linear_rate) if self.linear_rate else AudioFormat.of(self.codec)
 
     @property
     def pt(self) -> int:

@@ -1,4 +1,7 @@
-"""Converters between a call's G.711 8 kHz frames and an agent's wire format (pass-through when they match)."""
+"""Converters between two audio formats (a call leg's and an agent's): pass-through when they match.
+
+G.711 is 8 kHz by definition; PCM16 (little-endian mono) may be at any rate, resampled by a StreamResampler.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +11,47 @@ import numpy as np
 
 from bridge.codec import g711
 from bridge.codec.resample import StreamResampler
-from bridge.media import SAMPLE_RATE, AudioFormat, Codec
+from bridge.media import AudioFormat, Codec
 
 Converter = Callable[[bytes], bytes]
 
 _LAW = {"pcmu": Codec.PCMU, "pcma": Codec.PCMA}
 
 
+def converter(src: AudioFormat, dst: AudioFormat) -> Converter:
+    """Audio in `src` (any chunk size) -> the same audio in `dst`, streaming (filter state kept between chunks)."""
+    if src == dst:
+        return _identity
+    if src.encoding in _LAW and dst.encoding in _LAW:
+        a, b = _LAW[src.encoding], _LAW[dst.encoding]
+        return lambda data: g711.transcode(a, b, data)
+    resampler = StreamResampler(src.rate, dst.rate) if src.rate != dst.rate else None
+    carry = bytearray()  # an odd byte: half a PCM16 sample split across chunks
+    law_in, law_out = _LAW.get(src.encoding), _LAW.get(dst.encoding)
+
+    def convert(data: bytes) -> bytes:
+        if law_in is not None:
+            pcm = g711.decode(law_in, data)
+        else:
+            carry.extend(data)
+            usable = len(carry) & ~1
+            pcm = np.frombuffer(bytes(carry[:usable]), dtype="<i2")
+            del carry[:usable]
+        if resampler is not None:
+            pcm = resampler.process(pcm)
+        return g711.encode(law_out, pcm) if law_out is not None else pcm.astype("<i2").tobytes()
+
+    return convert
+
+
 def uplink(codec: Codec, fmt: AudioFormat) -> Converter:
     """Caller G.711 frames -> the agent's input format."""
-    if fmt.encoding in _LAW:
-        law = _LAW[fmt.encoding]
-        return _identity if law is codec else (lambda data: g711.transcode(codec, law, data))
-    resampler = StreamResampler(SAMPLE_RATE, fmt.rate) if fmt.rate != SAMPLE_RATE else None
-
-    def to_pcm16(data: bytes) -> bytes:
-        pcm = g711.decode(codec, data)
-        return (resampler.process(pcm) if resampler else pcm).astype("<i2").tobytes()
-
-    return to_pcm16
+    return converter(AudioFormat.of(codec), fmt)
 
 
 def downlink(fmt: AudioFormat, codec: Codec) -> Converter:
     """Agent audio (any chunk size) -> the call's G.711 at 8 kHz."""
-    if fmt.encoding in _LAW:
-        law = _LAW[fmt.encoding]
-        return _identity if law is codec else (lambda data: g711.transcode(law, codec, data))
-    resampler = StreamResampler(fmt.rate, SAMPLE_RATE) if fmt.rate != SAMPLE_RATE else None
-    carry = bytearray()  # an odd byte: half a PCM16 sample split across chunks
-
-    def from_pcm16(data: bytes) -> bytes:
-        carry.extend(data)
-        usable = len(carry) & ~1
-        pcm = np.frombuffer(bytes(carry[:usable]), dtype="<i2")
-        del carry[:usable]
-        return g711.encode(codec, resampler.process(pcm) if resampler else pcm)
-
-    return from_pcm16
+    return converter(fmt, AudioFormat.of(codec))
 
 
 def _identity(data: bytes) -> bytes:

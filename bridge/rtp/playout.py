@@ -1,4 +1,4 @@
-"""The downlink buffer: agent audio of any chunk size in, exact 20 ms G.711 frames out.
+"""The downlink buffer: agent audio of any chunk size in, exact 20 ms frames of the call's format out.
 
 It keeps an incomplete frame until more audio arrives (padding it with silence only when the agent's turn
 ends), drops everything at once on `clear()` (barge-in), caps what it holds, and counts, per reply, how
@@ -9,17 +9,22 @@ from __future__ import annotations
 
 from collections import deque
 
-from bridge.media import FRAME_SAMPLES, SAMPLE_RATE
+from bridge.media import FRAME_MS, FRAME_SAMPLES
 
 DEFAULT_MAX_SECONDS = 180.0  # a few minutes of speech: no agent reply is longer, memory stays bounded
 
 
 class Playout:
-    """G.711 bytes (one byte per sample at 8 kHz) queued for the caller."""
+    """The call's audio bytes queued for the caller: G.711 (one byte per sample at 8 kHz), or PCM16 at its rate.
 
-    def __init__(self, silence: int, max_seconds: float = DEFAULT_MAX_SECONDS) -> None:
-        self.silence_frame = bytes([silence]) * FRAME_SAMPLES
-        self.max_bytes = int(max_seconds * SAMPLE_RATE)
+    `silence` is the G.711 silence byte, or a whole 20 ms frame of silence (which sets the frame size).
+    """
+
+    def __init__(self, silence: int | bytes, max_seconds: float = DEFAULT_MAX_SECONDS) -> None:
+        self.silence_frame = silence if isinstance(silence, bytes) else bytes([silence]) * FRAME_SAMPLES
+        self.frame_bytes = len(self.silence_frame)
+        self.bytes_per_second = self.frame_bytes * 1000 // FRAME_MS
+        self.max_bytes = int(max_seconds * self.bytes_per_second)
         self._buf = bytearray()
         self._items: deque[list] = deque()  # [item_id, bytes still queued] in queue order
         self._played: dict[str, int] = {}  # item_id -> bytes played (only the latest few items are kept)
@@ -29,7 +34,7 @@ class Playout:
         return len(self._buf)
 
     def push(self, data: bytes, item_id: str | None = None) -> None:
-        """Queue agent audio (G.711, 8 kHz). Beyond the cap, the excess is dropped and counted."""
+        """Queue agent audio (the call's format). Beyond the cap, the excess is dropped and counted."""
         room = self.max_bytes - len(self._buf)
         if len(data) > room:
             self.dropped_bytes += len(data) - max(room, 0)
@@ -44,7 +49,7 @@ class Playout:
 
     def end_turn(self) -> None:
         """The agent's turn is over: pad a trailing partial frame with silence so it gets played."""
-        partial = len(self._buf) % FRAME_SAMPLES
+        partial = len(self._buf) % self.frame_bytes
         if partial:
             self.push(self.silence_frame[partial:], self._items[-1][0] if self._items else None)
 
@@ -57,16 +62,16 @@ class Playout:
 
     def pop_frame(self) -> bytes | None:
         """The next whole 20 ms frame, or None when less than a frame is queued."""
-        if len(self._buf) < FRAME_SAMPLES:
+        if len(self._buf) < self.frame_bytes:
             return None
-        frame = bytes(self._buf[:FRAME_SAMPLES])
-        del self._buf[:FRAME_SAMPLES]
-        self._account(FRAME_SAMPLES)
+        frame = bytes(self._buf[: self.frame_bytes])
+        del self._buf[: self.frame_bytes]
+        self._account(self.frame_bytes)
         return frame
 
     def played_ms(self, item_id: str) -> int:
         """Milliseconds of `item_id`'s audio that have left towards the caller."""
-        return self._played.get(item_id, 0) * 1000 // SAMPLE_RATE
+        return self._played.get(item_id, 0) * 1000 // self.bytes_per_second
 
     def _account(self, n: int) -> None:
         while n and self._items:

@@ -102,11 +102,12 @@ class AgentContext:
     """
 
     call: CallInfo
-    codec: Codec
+    codec: Codec  # the G.711 law to speak to a vendor that takes G.711 (PCMU when the caller's leg is not G.711)
     settings: Settings
     played_ms: Callable[[str], int]
     log: logging.LoggerAdapter
     draining: Callable[[], bool] = lambda: False  # the process is shutting down: close with 1001 (going away)
+    caller_format: AudioFormat | None = None  # the leg's own audio (PCM16 at 16 kHz for a wideband caller)
 
     @property
     def prompt(self) -> AgentPrompt:

@@ -22,7 +22,7 @@ class EchoAgent(Agent):
 
     def __init__(self, ctx: AgentContext) -> None:
         super().__init__(ctx)
-        self.input_format = self.output_format = AudioFormat.of(ctx.codec)
+        self.input_format = self.output_format = ctx.caller_format or AudioFormat.of(ctx.codec)
         self.lead = max(ctx.settings.echo_delay_ms / 1000 - BATCH, 0.0)
         self._heard: deque[tuple[float, bytes]] = deque()  # (when the chunk may start, audio)
         self._arrived = asyncio.Event()

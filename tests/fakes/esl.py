@@ -18,7 +18,9 @@ import time
 import uuid as uuidlib
 
 FRAME = 160
-SILENCE = b"\xff" * FRAME
+# What `unicast` sends while the channel reads comfort noise (no RTP from the caller: call start, pauses): a frame
+# of 0xFF in the *linear* size, 2 bytes a sample, even with `native` on a G.711 channel (switch_ivr.c, SFF_CNG).
+SILENCE = b"\xff" * 2 * FRAME
 
 # switch_url_encode: outside ' '..'~', plus these, become %XX (uppercase hex)
 _ENCODED = set(' #%&+:;<=>?@[\\]^`{|}"\r\n')
@@ -80,9 +82,10 @@ async def read_command(reader: asyncio.StreamReader) -> tuple[str, dict[str, str
 class UnicastMedia(asyncio.DatagramProtocol):
     """FreeSWITCH's unicast socket: bound to local-ip:local-port, sends read audio to remote, records writes."""
 
-    def __init__(self, remote: tuple[str, int], frames: list[bytes]) -> None:
+    def __init__(self, remote: tuple[str, int], frames: list[bytes], silence: bytes = SILENCE) -> None:
         self.remote = remote
         self.frames = list(frames)
+        self.silence = silence
         self.received: list[tuple[float, bytes]] = []  # (time.monotonic(), datagram)
         self.sent_at: list[float] = []
         self.transport: asyncio.DatagramTransport | None = None
@@ -99,7 +102,7 @@ class UnicastMedia(asyncio.DatagramProtocol):
         t0 = loop.time()
         n = 0
         while self.transport is not None and not self.transport.is_closing():
-            frame = self.frames.pop(0) if self.frames else SILENCE
+            frame = self.frames.pop(0) if self.frames else self.silence
             self.transport.sendto(frame, self.remote)
             self.sent_at.append(time.monotonic())
             n += 1
@@ -114,7 +117,7 @@ class FakeSocketApp:
     """One channel handed to the adapter by `socket <host:port> async full`. Use as `async with`."""
 
     def __init__(self, adapter: tuple[str, int], *, caller: str = "1001", destination: str = "7000",
-                 answered: bool = False, full: bool = True, codec: str = "PCMU",
+                 answered: bool = False, full: bool = True, codec: str = "PCMU", rate: int = 8000,
                  variables: dict[str, str] | None = None, frames: list[bytes] | None = None,
                  unicast_port_taken: bool = False) -> None:
         self.adapter = adapter
@@ -124,6 +127,8 @@ class FakeSocketApp:
         self.answered = answered
         self.full = full
         self.codec = codec
+        self.rate = rate  # Channel-Read-Codec-Rate: the codec's actual rate (OPUS 48000, G722 16000)
+        self.unicast_flags = ""
         self.variables = {"direction": "inbound", "uuid": self.uuid, "sip_from_user": caller,
                           "sip_h_X-Empty": "", **(variables or {})}
         self.script = frames or []
@@ -204,7 +209,7 @@ class FakeSocketApp:
             ("Channel-Name", f"sofia/internal/{self.caller}@10.0.0.1"),
         ]
         if self.answered or self.codec != "PCMU":
-            headers += [("Channel-Read-Codec-Name", self.codec), ("Channel-Read-Codec-Rate", "8000")]
+            headers += [("Channel-Read-Codec-Name", self.codec), ("Channel-Read-Codec-Rate", str(self.rate))]
         if variables:
             headers += [(f"variable_{k}", v) for k, v in self.variables.items()]
         return headers
@@ -324,8 +329,11 @@ class FakeSocketApp:
         remote = (h.get("remote-ip", "127.0.0.1"), int(h.get("remote-port", "8026")))
         if self.unicast_port_taken:
             return  # switch_ivr_activate_unicast fails to bind; the async socket already said +OK
+        # without `native` the channel's audio is decoded to L16 at its actual rate (switch_ivr_activate_unicast)
+        self.unicast_flags = h.get("flags", "")
+        silence = SILENCE if "native" in self.unicast_flags else b"\xff" * (self.rate // 50 * 2)
         loop = asyncio.get_running_loop()
-        _, self.media = await loop.create_datagram_endpoint(lambda: UnicastMedia(remote, self.script),
+        _, self.media = await loop.create_datagram_endpoint(lambda: UnicastMedia(remote, self.script, silence),
                                                             local_addr=local)
         self._tasks.append(asyncio.create_task(self.media.send_loop()))
 

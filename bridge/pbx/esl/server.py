@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import uuid as uuidlib
@@ -31,6 +32,23 @@ ANSWER_TIMEOUT = 10.0  # seconds for `answer` to complete (a SIP 200/ACK round t
 NO_MEDIA_WARNING = 3.0
 REFUSED_VARIABLE = "SIP_TO_AI_REFUSED"  # set on a call given back to the dialplan: why (as the ARI ingress does)
 _CODECS = {"PCMU": Codec.PCMU, "PCMA": Codec.PCMA}
+MIN_RATE, MAX_RATE = 8000, 48000  # L16 rates a non-G.711 channel may fork at (narrowband to Opus's 48 kHz)
+def media_leg(channel: Headers) -> MediaLeg | str:
+    """The unicast leg for the answered channel's read codec, or why there is none.
+
+    G.711 goes `native` (its own bytes, no transcoding in FreeSWITCH). Any other codec is forked without
+    `native`: switch_ivr_activate_unicast then decodes to L16 at the codec's actual rate (G.722 16 kHz,
+    Opus 48 kHz, loopback's L16), `Channel-Read-Codec-Rate` in the channel data.
+    """
+    name = channel.get("Channel-Read-Codec-Name", "")
+    if (codec := _CODECS.get(name)) is not None:
+        return MediaLeg(None, codec, raw=True)
+    rate = channel.get("Channel-Read-Codec-Rate", "")
+    if not name or not rate.isdigit() or not MIN_RATE <= int(rate) <= MAX_RATE:
+        return f"channel codec {name!r} at rate {rate!r}: no audio to fork"
+    return MediaLeg(None, raw=True, linear_rate=int(rate))
+
+
 def call_info(channel: Headers, settings: Settings) -> CallInfo:
     """The neutral CallInfo of a connect reply (CHANNEL_DATA): caller, callee, the variables named in config."""
     metadata = {name: channel[f"variable_{name}"] for name in settings.esl_variables if f"variable_{name}" in channel}
@@ -130,10 +148,9 @@ class OutboundSession:
             await self._refuse(refusal)
             return
         channel = await self._linger_and_answer(channel)
-        codec = _CODECS.get(channel.get("Channel-Read-Codec-Name", ""))
-        if codec is None:
-            await self._refuse(f"channel codec {channel.get('Channel-Read-Codec-Name')!r} is not G.711: "
-                               "set absolute_codec_string=PCMU,PCMA before the socket app")
+        leg = media_leg(channel)
+        if isinstance(leg, str):
+            await self._refuse(leg)
             return
 
         async def refuse(exc: Exception) -> None:
@@ -141,11 +158,11 @@ class OutboundSession:
 
         async def connect(call: Call) -> None:
             self.call = call
-            await self._fork_media(codec)
+            await self._fork_media(leg)
             self._watchdog = asyncio.get_running_loop().call_later(NO_MEDIA_WARNING, self._check_media)
 
         try:
-            reason = await self.core.serve_call(call_info(channel, self.settings), MediaLeg(None, codec, raw=True),
+            reason = await self.core.serve_call(call_info(channel, self.settings), leg,
                                                 self.control, refuse=refuse, connect=connect, gone=lambda: self.gone)
         finally:
             if self._watchdog is not None:
@@ -175,8 +192,9 @@ class OutboundSession:
             self.log.warning("! linger refused (%s): use `socket <adapter>:8084 async full`", reply.reply_text)
         if channel.get("Answer-State") != "answered":
             done = await self._execute("answer")
-            if codec := done.headers.get("Channel-Read-Codec-Name"):
-                channel = Headers([("Channel-Read-Codec-Name", codec), *channel.items()])
+            negotiated = [(k, v) for k in ("Channel-Read-Codec-Name", "Channel-Read-Codec-Rate")
+                          if (v := done.headers.get(k))]  # known only now with late negotiation
+            channel = Headers([*negotiated, *channel.items()])
         return channel
 
     async def _execute(self, app: str, arg: str = "") -> EslEvent:
@@ -195,17 +213,20 @@ class OutboundSession:
         finally:
             self._completions.pop(event_uuid, None)
 
-    async def _fork_media(self, codec: Codec) -> None:
+    async def _fork_media(self, leg: MediaLeg) -> None:
+        """`unicast` (only ever after the answer: before it, FreeSWITCH 1.10 aborts on an assertion)."""
         assert self.call is not None
         ours = self.call.local_address
         host = ours[0] if not ipaddress.ip_address(ours[0]).is_unspecified else self.conn.local[0]
         theirs: Address = (self.conn.peer[0], ours[1] + 1)
-        self.call.update_media(MediaLeg(theirs, codec, raw=True))
-        reply = await self._send(esl.unicast(theirs, (host, ours[1])))
+        self.call.update_media(dataclasses.replace(leg, remote=theirs))
+        flags = "" if leg.linear_rate else "native"
+        reply = await self._send(esl.unicast(theirs, (host, ours[1]), flags=flags))
         if not reply.ok:
             raise EslError(f"unicast: {reply.reply_text}")
-        self.log.info("= unicast: freeswitch %s:%d <-> adapter %s:%d (%s, native)", *theirs, host, ours[1],
-                      codec.name)
+        fmt = leg.format
+        self.log.info("= unicast: freeswitch %s:%d <-> adapter %s:%d (%s at %d Hz%s)", *theirs, host, ours[1],
+                      fmt.encoding, fmt.rate, ", native" if flags else "")
         self._fork = (theirs, (host, ours[1]))
 
     def _check_media(self) -> None:

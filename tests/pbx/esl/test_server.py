@@ -8,6 +8,7 @@ import ipaddress
 import random
 import statistics
 
+import numpy as np
 import pytest
 
 from bridge.call import MediaCore
@@ -16,9 +17,10 @@ from bridge.media import FRAME_MS, AudioFormat
 from bridge.pbx.esl.server import EslOutboundServer
 from bridge.vendors.base import Agent, AgentAudio, AgentEvent, AgentTurnEnd, HangupRequest, TransferRequest
 from tests.conftest import make_settings
-from tests.fakes.esl import SILENCE, FakeSocketApp
+from tests.fakes.esl import FakeSocketApp
 
 FRAMES = [bytes([i]) * 160 for i in range(1, 41)]  # 40 distinct, recognisable frames (never 0xFF silence)
+ULAW_SILENCE = b"\xff" * 160  # what the adapter sends while the agent is quiet
 
 
 def esl_settings(**overrides):
@@ -93,7 +95,7 @@ async def until(predicate, timeout: float = 5.0) -> None:
 
 
 def audio_frames(media):
-    return [data for _, data in media.received if data != SILENCE]
+    return [data for _, data in media.received if data != ULAW_SILENCE]
 
 
 async def test_echo_call_commands_audio_order_and_pacing():
@@ -218,10 +220,25 @@ async def test_refused_call_goes_back_to_the_dialplan_unanswered():
         assert fs.continued and not fs.answered and not fs.hangup_cause
 
 
-async def test_non_g711_channel_is_given_back():
-    async with esl_call(esl_settings(), answered=True, codec="OPUS") as (core, fs):
+async def test_non_g711_channel_gets_linear_unicast_at_its_rate():
+    """OPUS: unicast without `native`, 16-bit linear at 48 kHz (960 samples a frame) both ways."""
+    caller = np.full(960, 1000, "<i2").tobytes()
+    async with esl_call(esl_settings(), answered=True, codec="OPUS", rate=48000, frames=[caller] * 50) as (core, fs):
+        await until(lambda: fs.media is not None and fs.uuid in core.calls)
+        assert fs.unicast_flags == ""
+        call = core.calls[fs.uuid]
+        assert call.endpoint.leg.format == AudioFormat("pcm16", 48000)
+        await until(lambda: any(len(d) == 1920 and np.frombuffer(d, "<i2").mean() > 900 for _, d in fs.media.received),
+                    timeout=3)  # the echo agent's audio came back as 20 ms L16 frames at 48 kHz
+        assert {len(d) for _, d in fs.media.received} == {1920}
+        await fs.hangup()
+        await until(lambda: not core.calls)
+
+
+async def test_channel_without_a_read_codec_is_given_back():
+    async with esl_call(esl_settings(), answered=True, codec="", rate=0) as (core, fs):
         await until(fs.adapter_closed.is_set)
-        assert "not G.711" in fs.variables["SIP_TO_AI_REFUSED"]
+        assert "no audio to fork" in fs.variables["SIP_TO_AI_REFUSED"]
         assert fs.continued and not core.calls and fs.media is None
 
 
