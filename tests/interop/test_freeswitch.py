@@ -359,6 +359,7 @@ async def test_caller_gone_during_setup_never_gets_unicast(fs: FreeSwitchPeer, r
     async with Adapter(fs, lambda ctx: SlowAgent(ctx, [])) as adapter:
         originate = asyncio.create_task(place(fs, SOCKET_PCMU, rec / "a.wav"))
         await wait_until(lambda: adapter.core.calls, 10, "the call reached the core")
+        [uuid] = adapter.core.calls
         await api(fs, "hupall NORMAL_CLEARING")
         with contextlib.suppress(AssertionError):
             await originate
@@ -366,6 +367,8 @@ async def test_caller_gone_during_setup_never_gets_unicast(fs: FreeSwitchPeer, r
         await adapter.idle()
     assert fs.alive, "FreeSWITCH died"
     assert (await api(fs, "status")).startswith("UP")
+    log = await asyncio.to_thread(fs.log_text)
+    assert f"{uuid} EXECUTE" in log and not [x for x in log.splitlines() if x.startswith(uuid) and "unicast" in x]
 
 
 async def test_concurrent_calls_on_each_path(fs: FreeSwitchPeer, adapter: Adapter, rec: Path):
