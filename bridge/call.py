@@ -33,7 +33,7 @@ from bridge.media import FRAME_MS, Address, CallControl, CallInfo, Codec, MediaL
 from bridge.ops import events as ev
 from bridge.rtp.endpoint import PortPool, RtpEndpoint
 from bridge.rtp.playout import Playout
-from bridge.rtp.session import Audio, Dtmf, RtpStats
+from bridge.rtp.session import Audio, Dtmf, Inactivity, RtpStats
 from bridge.stream import StreamEndpoint
 from bridge.vendors import registry
 from bridge.vendors.base import (
@@ -55,6 +55,7 @@ log = logging.getLogger("bridge.call")
 DRAIN_LIMIT = 30.0  # seconds of goodbye audio an end_call waits for at most
 RELEASED_STREAMS_KEPT = 1000  # ids remembered after their call ended unconnected (far more than connect races need)
 CLEANUP_TIMEOUT = 5.0  # seconds each release step may take
+MEDIA_CHECK_INTERVAL = 1.0  # seconds between looks at a call's receive counter (RTP_TIMEOUT_SEC)
 # What makes create_call a refusal rather than a failure: the vendor said no (or never connected), the RTP port
 # range is exhausted, or the RTP socket could not be bound (e.g. MEDIA_HOST is not an address of this host).
 REFUSALS = (AgentError, NoPortAvailable, OSError)
@@ -189,8 +190,10 @@ class Call:
         try:
             async with asyncio.TaskGroup() as tg:
                 agent_events = tg.create_task(self._pump_agent(control))
+                watch = tg.create_task(self._watch_media(control))
                 await self._ended.wait()
                 agent_events.cancel()
+                watch.cancel()
         except* AgentError as eg:
             self.end(f"agent failed: {eg.exceptions[0]}", "vendor_error")
         except* OSError as eg:
@@ -296,6 +299,29 @@ class Call:
                     self.end(f"agent closed: {reason}", "vendor_error" if error else "completed")
                     return
         self.end("agent events ended")
+
+    async def _watch_media(self, control: CallControl) -> None:
+        """End the call once the caller's media has stopped for RTP_TIMEOUT_SEC (RTP_HOLD_TIMEOUT_SEC on hold).
+
+        A dead peer (a PBX that crashed, a phone that lost its network) never sends BYE; its RTP stopping is what
+        tells. Checked once a second from the receive counter: nothing added to the 20 ms path. Hold is what the
+        caller's signalling said (SIP sendonly/inactive or c=0.0.0.0: we stop sending then, set_sending(False)).
+        """
+        settings = self.core.settings
+        loop = asyncio.get_running_loop()
+        watch = Inactivity(settings.rtp_timeout_sec, settings.rtp_hold_timeout_sec, self.endpoint.stats.received,
+                           loop.time(), not self.endpoint.sending)
+        while True:
+            await asyncio.sleep(MEDIA_CHECK_INTERVAL)
+            limit = watch.expired(loop.time(), self.endpoint.stats.received, not self.endpoint.sending)
+            if limit is not None:
+                break
+        reason = f"rtp timeout: no media from the caller for {limit:g} s{' (on hold)' if watch.held else ''}"
+        self.log.warning("! %s: hanging up", reason)
+        with contextlib.suppress(TimeoutError):  # a dead peer never answers our BYE: the call ends regardless
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await control.hangup(reason)
+        self.end(reason, "rtp_timeout")
 
     async def _drain(self) -> None:
         """Let the queued goodbye audio reach the caller (bounded)."""

@@ -132,6 +132,8 @@ class Settings:
     uplink_buf_frames: int = _env("UPLINK_BUF_FRAMES", 100, _positive(int))
     downlink_buf_frames: int = _env("DOWNLINK_BUF_FRAMES", 200, _positive(int))
     drain_seconds: float = _env("SHUTDOWN_DRAIN_SEC", 10.0, _positive(float))
+    rtp_timeout_sec: float = _env("RTP_TIMEOUT_SEC", 30.0, _positive(float))  # caller media silent: hang up; 0 never
+    rtp_hold_timeout_sec: float = _env("RTP_HOLD_TIMEOUT_SEC", 600.0, _positive(float))  # the same while on hold
 
     # operations: admin endpoint, per-call records, webhooks
     admin_listen: tuple[str, int] | None = _env("ADMIN_LISTEN", ("127.0.0.1", 8090), _listen)

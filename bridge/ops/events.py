@@ -104,7 +104,8 @@ class AgentLatency:
 
 @dataclass(frozen=True)
 class CallEnded:
-    """The call is over and everything is released. `outcome` is completed, vendor_error, media_error, ...;
+    """The call is over and everything is released. `outcome` is completed, vendor_error, media_error,
+    rtp_timeout (no media from the caller, RTP_TIMEOUT_SEC), session_expired (SIP session timer, RFC 4028), ...;
     `rtp` holds the call's packet counters."""
 
     call_id: str

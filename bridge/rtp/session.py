@@ -101,3 +101,26 @@ class RtpReceiver:
             self.stats.ignored += 1
             return None
         return Audio(packet.payload, packet.sequence)
+
+
+@dataclass
+class Inactivity:
+    """How long the caller's media has been silent, from the receive counter sampled about once a second.
+
+    The receive path only counts packets (RtpStats.received); nothing here runs per packet. A change of the
+    counter, or of the hold state, restarts the count. `timeout`/`hold_timeout` of 0 never expire.
+    """
+
+    timeout: float  # RTP_TIMEOUT_SEC
+    hold_timeout: float  # RTP_HOLD_TIMEOUT_SEC: while the caller holds the call (it need not send then)
+    count: int = 0
+    since: float = 0.0
+    held: bool = False
+
+    def expired(self, now: float, received: int, held: bool) -> float | None:
+        """The limit (seconds) the silence has reached, or None while the caller is sending or within it."""
+        if received != self.count or held != self.held:
+            self.count, self.since, self.held = received, now, held
+            return None
+        limit = self.hold_timeout if held else self.timeout
+        return limit if limit and now - self.since >= limit else None

@@ -47,10 +47,14 @@ class CallCancelled:
 
 @dataclass(frozen=True)
 class CallEnded:
-    """The dialog is over from the far side (BYE) or by a timeout (no ACK): stop the call."""
+    """The dialog is over from the far side (BYE) or by a timeout (no ACK, no session refresh): stop the call.
+
+    `outcome` labels it for the call's record and metrics: completed, or session_expired (RFC 4028).
+    """
 
     call_id: str
     reason: str
+    outcome: str = "completed"
 
 
 @dataclass(frozen=True)

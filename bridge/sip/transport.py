@@ -165,10 +165,10 @@ class SipServer:
             case CallCancelled(call_id=call_id):
                 if (task := self._starting.get(call_id)) is not None:
                     task.cancel()
-            case CallEnded(call_id=call_id, reason=reason):
+            case CallEnded(call_id=call_id, reason=reason, outcome=outcome):
                 self._ended.setdefault(call_id, asyncio.Event()).set()
                 if (call := self._calls.get(call_id)) is not None:
-                    call.end(reason)
+                    call.end(reason, outcome)
             case MediaChanged(call_id=call_id, media=media):
                 if (call := self._calls.get(call_id)) is not None:
                     if media.remote is not None:

@@ -524,7 +524,7 @@ class Uas:
     def _end_session(self, dialog: Dialog, reason: str, now: float) -> None:
         """The session is over by RFC 4028: the call ends, the caller gets BYE (after the ACK if it is due)."""
         dialog.timer = None
-        self._events.append(CallEnded(dialog.call_id, reason))
+        self._events.append(CallEnded(dialog.call_id, reason, "session_expired"))
         if dialog.pending_2xx is not None:
             dialog.bye_wanted = True
         else:

@@ -3,7 +3,7 @@
 from bridge.media import Codec, MediaLeg
 from bridge.rtp.endpoint import _raw_silence
 from bridge.rtp.packet import RtpPacket, TelephoneEvent
-from bridge.rtp.session import Audio, Dtmf, RtpReceiver
+from bridge.rtp.session import Audio, Dtmf, Inactivity, RtpReceiver
 
 PEER = ("127.0.0.1", 4000)
 
@@ -60,3 +60,31 @@ def test_raw_g711_comfort_noise_in_linear_size_is_one_frame_of_silence():
     assert r.receive(b"\x55" * 320, PEER).payload == b"\x55" * 320  # only the all-0xFF stand-in is replaced
     assert _raw_silence(MediaLeg(None, raw=True, linear_rate=16000)) is None  # L16: 0xFF bytes are real samples
     assert _raw_silence(MediaLeg(None, Codec.PCMU)) is None  # RTP carries CN as its own payload type
+
+
+class TestInactivity:
+    """RTP_TIMEOUT_SEC / RTP_HOLD_TIMEOUT_SEC from the receive counter, sampled once a second."""
+
+    def test_silence_reaches_the_timeout(self):
+        watch = Inactivity(30.0, 600.0, count=0, since=0.0)
+        assert [watch.expired(t, 0, False) for t in (1.0, 29.0)] == [None, None]
+        assert watch.expired(30.0, 0, False) == 30.0
+
+    def test_any_packet_restarts_the_count(self):
+        watch = Inactivity(30.0, 600.0)
+        assert watch.expired(29.0, 1, False) is None
+        assert watch.expired(58.0, 1, False) is None and watch.expired(59.0, 1, False) == 30.0
+
+    def test_hold_has_its_own_limit_and_restarts_the_count(self):
+        watch = Inactivity(30.0, 600.0)
+        assert watch.expired(20.0, 0, True) is None  # hold began: the count starts again
+        assert watch.expired(619.0, 0, True) is None and watch.expired(620.0, 0, True) == 600.0
+        watch = Inactivity(30.0, 600.0)
+        watch.expired(20.0, 0, True)
+        assert watch.expired(500.0, 0, False) is None  # unhold: 30 s from now, not from the last packet
+        assert watch.expired(529.0, 0, False) is None and watch.expired(530.0, 0, False) == 30.0
+
+    def test_zero_is_never(self):
+        watch = Inactivity(0.0, 0.0)
+        assert watch.expired(10**6, 0, False) is None and watch.expired(2 * 10**6, 0, True) is None
+        assert watch.expired(4 * 10**6, 0, True) is None

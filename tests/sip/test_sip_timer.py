@@ -136,7 +136,7 @@ class TestCallerRefreshes:
         (bye,) = run_until(uas, 60.0)
         assert bye.method == "BYE"
         (ended,) = uas.events()
-        assert ended == CallEnded("call-1", "session timer expired: no refresh within 90 s")
+        assert ended == CallEnded("call-1", "session timer expired: no refresh within 90 s", "session_expired")
         assert not uas.in_dialog("call-1")
 
     def test_update_refresh_without_sdp_restarts_the_interval(self, uas):

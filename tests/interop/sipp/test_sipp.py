@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.ops import events as ops
 from bridge.vendors.base import HangupRequest
 from tests.sip.sip_live import ScriptedAgent, live_server
 
@@ -79,7 +80,7 @@ async def test_call_with_rtp_and_caller_bye(tmp_path, caplog):
         code, _ = await run_sipp("call_rtp_bye", server.address[1], tmp_path)
         await asyncio.sleep(0.2)
     assert code == 0
-    ended = [r.getMessage() for r in caplog.records if "call ended" in r.getMessage()]
+    ended = _ended(caplog)
     assert ended and "caller hung up" in ended[0]
     assert int(re.search(r"rtp in (\d+)", ended[0]).group(1)) > 50  # sipp's pcap reached the call
 
@@ -127,11 +128,34 @@ async def test_adapter_bye_after_the_agent_hangs_up(tmp_path):
 # -- RFC 4028 session timers, with SIP_SESSION_MIN_SE lowered so that a 3-4 s interval is accepted ------------------
 
 
-def _sent_at(trace: str, start_line: str) -> list[datetime]:
+def _received_at(trace: str, start_line: str) -> list[datetime]:
     """When sipp received each message whose start line begins with `start_line`."""
     stamps = re.findall(r"-{10,} (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d\.\d+)\s*\n\s*UDP message received \[\d+\] bytes :"
                         rf"\s*\n\s*{re.escape(start_line)}", trace)
     return [datetime.strptime(" ".join(s.split()[:2]), "%Y-%m-%d %H:%M:%S.%f") for s in stamps]
+
+
+def _bye_after_ok(trace: str) -> float:
+    """Seconds from the 200 OK to the adapter's BYE, as sipp received them."""
+    gap = (_received_at(trace, "BYE sip:sipp@")[0] - _received_at(trace, "SIP/2.0 200 OK")[0]).total_seconds()
+    print("our BYE after the 200 OK (s):", gap)
+    return gap
+
+
+async def _until_our_bye(scenario: str, tmp_path: Path, **settings: object) -> tuple[float, list[str]]:
+    """Run `scenario` (which ends awaiting our BYE): seconds from the 200 OK to that BYE, the calls' outcomes."""
+    outcomes: list[str] = []
+    async with live_server(**settings) as server:
+        server.core.events.subscribe(lambda e: outcomes.append(e.outcome) if isinstance(e, ops.CallEnded) else None)
+        code, trace = await run_sipp(scenario, server.address[1], tmp_path)
+        await asyncio.sleep(0.2)
+        assert not server.core.calls
+    assert code == 0
+    return _bye_after_ok(trace), outcomes
+
+
+def _ended(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "call ended" in r.getMessage()]
 
 
 async def test_session_timer_caller_refreshes_by_update(tmp_path, caplog):
@@ -141,7 +165,7 @@ async def test_session_timer_caller_refreshes_by_update(tmp_path, caplog):
         await asyncio.sleep(0.2)
     assert code == 0  # 7 s of a 4 s session, refreshed every 2 s: no BYE from us (sipp would fail on it)
     assert "BYE sip:sipp@" not in trace
-    ended = [r.getMessage() for r in caplog.records if "call ended" in r.getMessage()]
+    ended = _ended(caplog)
     assert ended and "caller hung up" in ended[0]
 
 
@@ -151,8 +175,8 @@ async def test_session_timer_we_refresh(scenario, tmp_path):
         code, trace = await run_sipp(scenario, server.address[1], tmp_path)
     assert code == 0
     method = "UPDATE" if scenario == "timer_uas_update" else "INVITE"
-    ok = _sent_at(trace, "SIP/2.0 200 OK")[0]
-    refreshes = _sent_at(trace, f"{method} sip:sipp@")
+    ok = _received_at(trace, "SIP/2.0 200 OK")[0]
+    refreshes = _received_at(trace, f"{method} sip:sipp@")
     gaps = [(b - a).total_seconds() for a, b in zip([ok, *refreshes], refreshes, strict=False)]
     print(f"{method} refreshes after the 200 OK / each other (s):", gaps)
     assert len(gaps) == 2 and all(1.7 < g < 2.6 for g in gaps)  # half the 4 s interval
@@ -160,12 +184,31 @@ async def test_session_timer_we_refresh(scenario, tmp_path):
 
 async def test_session_timer_no_refresh_gets_our_bye(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    async with live_server(sip_session_min_se=2) as server:
-        code, trace = await run_sipp("timer_no_refresh", server.address[1], tmp_path)
-        await asyncio.sleep(0.2)
-        assert not server.core.calls
-    assert code == 0
-    gap = (_sent_at(trace, "BYE sip:sipp@")[0] - _sent_at(trace, "SIP/2.0 200 OK")[0]).total_seconds()
-    print("BYE after the 200 OK (s):", gap)
+    gap, outcomes = await _until_our_bye("timer_no_refresh", tmp_path, sip_session_min_se=2)
+    assert outcomes == ["session_expired"]
     assert 1.7 < gap < 2.6  # 3 s - min(32 s, 3 s / 3)
     assert any("session timer expired" in r.getMessage() for r in caplog.records)
+
+
+# -- RTP_TIMEOUT_SEC (lowered to 1.5 s) and RTP_HOLD_TIMEOUT_SEC (its default, 600 s) ------------------------------
+
+
+async def test_caller_rtp_stops_our_bye_after_the_timeout(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    # 3.4 s of RTP bursts 0.84 s apart keep the call: sipp fails on a BYE before its last pause
+    gap, outcomes = await _until_our_bye("rtp_stops", tmp_path, rtp_timeout_sec=1.5)
+    assert outcomes == ["rtp_timeout"]
+    assert 3.36 + 1.5 - 0.3 < gap < 3.36 + 2.5 + 1.0  # the last burst ends at ~3.36 s; checked once a second
+    ended = _ended(caplog)
+    assert ended and "rtp timeout: no media from the caller for 1.5 s" in ended[0]
+
+
+async def test_held_call_without_rtp_is_kept(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="bridge.call")
+    async with live_server(rtp_timeout_sec=1.5) as server:
+        code, trace = await run_sipp("rtp_hold_silent", server.address[1], tmp_path)
+        await asyncio.sleep(0.2)
+    assert code == 0  # 3 s on hold (a=inactive) without RTP: no BYE from us
+    assert "BYE sip:sipp@" not in trace
+    ended = _ended(caplog)
+    assert ended and "caller hung up" in ended[0]
