@@ -23,6 +23,7 @@ from bridge.ops.logs import setup_logging
 from tests.fakes.ari import FakeAsterisk, tone
 from tests.fakes.deepgram_agent import FakeDeepgram
 from tests.fakes.gemini_live import FakeGeminiLive
+from tests.fakes.grok_voice import FakeGrok
 from tests.fakes.openai_realtime import FakeRealtime
 from tests.ops.harness import Bridge, get, ops_bridge, ops_settings, running_ops, until
 from tests.ops.test_webhooks import receiver
@@ -31,20 +32,22 @@ from tests.pbx.ari.harness import Adapter
 HOOK_SECRET = "hook-DISTINCT-secret-2a6b"
 ARI_PASSWORD = "ari-DISTINCT-pw-4e8f"
 KEYS = {"openai": "sk-DISTINCT-openai-7f3a9c", "azure": "az-DISTINCT-key-55e1",
-        "deepgram": "dg-DISTINCT-key-91b2", "gemini": "gm-DISTINCT-key-3c7d"}
+        "deepgram": "dg-DISTINCT-key-91b2", "gemini": "gm-DISTINCT-key-3c7d", "grok": "xai-DISTINCT-key-8d0e"}
 
 
 @contextlib.asynccontextmanager
 async def vendor(name: str) -> AsyncIterator[dict[str, Any]]:
     """The vendor's fake, and the settings that point the bridge at it with its distinctive key."""
     key = KEYS[name]
-    if name in ("openai", "azure"):
-        fake = FakeRealtime(key, azure=name == "azure", reply_audio=b"\x21" * 1600, reply_text="Welcome.")
+    if name in ("openai", "azure", "grok"):
+        greeting = dict(reply_audio=b"\x21" * 1600, reply_text="Welcome.")
+        fake = FakeGrok(key, **greeting) if name == "grok" else FakeRealtime(key, azure=name == "azure", **greeting)
         url = await fake.start()
         try:
-            yield (dict(ai_vendor="azure", azure_openai_api_key=key, azure_openai_endpoint=url,
-                        azure_openai_deployment="my-realtime") if name == "azure" else
-                   dict(ai_vendor="openai", openai_api_key=key, openai_ws_endpoint=url))
+            yield {"openai": dict(ai_vendor="openai", openai_api_key=key, openai_ws_endpoint=url),
+                   "azure": dict(ai_vendor="azure", azure_openai_api_key=key, azure_openai_endpoint=url,
+                                 azure_openai_deployment="my-realtime"),
+                   "grok": dict(ai_vendor="grok", xai_api_key=key, grok_ws_endpoint=url)}[name]
         finally:
             await fake.stop()
     elif name == "deepgram":
