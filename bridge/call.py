@@ -220,19 +220,21 @@ class Call:
         self.endpoint.close()
         if isinstance(self.endpoint, RtpEndpoint):
             self.core.ports.release(self.local_address[1])
-        if self.agent is not None:
-            try:
-                async with asyncio.timeout(CLEANUP_TIMEOUT):
-                    await self.agent.aclose()
-            except Exception as exc:  # the call is over either way; say why the agent did not close cleanly
-                self.log.warning("! agent did not close cleanly: %r", exc)
-        self.log.info(
-            "x call ended: %s (rtp in %d, out %d, malformed %d, foreign %d)",
-            self.reason or "released", stats.received, stats.sent, stats.malformed, stats.foreign,
-        )
-        self.core.events.publish(ev.CallEnded(
-            self.call_id, self.info.ingress, self.vendor, self.outcome, self.reason or "released", time.time(),
-            self.offset(), dataclasses.asdict(stats)))
+        try:
+            if self.agent is not None:
+                try:
+                    async with asyncio.timeout(CLEANUP_TIMEOUT):
+                        await self.agent.aclose()
+                except Exception as exc:  # the call is over either way; say why the agent did not close cleanly
+                    self.log.warning("! agent did not close cleanly: %r", exc)
+        finally:  # cancelled while closing the agent (shutdown): the call still ends on the record
+            self.log.info(
+                "x call ended: %s (rtp in %d, out %d, malformed %d, foreign %d)",
+                self.reason or "released", stats.received, stats.sent, stats.malformed, stats.foreign,
+            )
+            self.core.events.publish(ev.CallEnded(
+                self.call_id, self.info.ingress, self.vendor, self.outcome, self.reason or "released", time.time(),
+                self.offset(), dataclasses.asdict(stats)))
 
     # -- the pumps --------------------------------------------------------------------------------------------
 
