@@ -122,6 +122,9 @@ class GrokSession(Session):
         fmt = self.config["audio"][key]["format"]
         return 2 * fmt.get("rate", 24000) // 1000 if fmt["type"] == "audio/pcm" else 8
 
+    def _transcribes(self) -> bool:
+        return True  # xAI transcribes the caller without being asked (pipecat's client never asks)
+
     def _turn_detection(self) -> dict:
         td = self.config.get("turn_detection")  # xAI: server VAD creates and interrupts responses, no flags
         return {"create_response": True, "interrupt_response": True} if td else {}

@@ -162,10 +162,15 @@ class Session(WsConnection):
         ms = len(self.audio) // 8
         await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": ms, "item_id": user.id})
         await self.send({"type": "input_audio_buffer.committed", "item_id": user.id, "previous_item_id": None})
-        await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": user.id,
-                         "content_index": 0, "transcript": caller_text,
-                         "usage": {"type": "duration", "seconds": ms / 1000}})
+        if self._transcribes():
+            await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": user.id,
+                             "content_index": 0, "transcript": caller_text,
+                             "usage": {"type": "duration", "seconds": ms / 1000}})
         return self.respond(reply, reply_text) if self._turn_detection().get("create_response") and reply else None
+
+    def _transcribes(self) -> bool:
+        """Caller audio is transcribed only when the session asked for a transcription model."""
+        return bool(self.config["audio"]["input"].get("transcription"))
 
     def _turn_detection(self) -> dict:
         return self.config["audio"]["input"].get("turn_detection") or {}
@@ -302,6 +307,10 @@ class Session(WsConnection):
             fmt = ((s.get("audio") or {}).get(side) or {}).get("format")
             if fmt is not None and not _format_ok(fmt, self.fake.formats):
                 return await self._reject(Violation(f"Invalid audio format for {side}: {fmt}", "invalid_value"))
+        transcriber = (((s.get("audio") or {}).get("input") or {}).get("transcription") or {}).get("model")
+        if self.fake.azure and transcriber is not None and transcriber not in self.fake.deployments:
+            return await self._reject(Violation(f"Transcription model '{transcriber}' is not a deployment of this "
+                                                "resource.", "invalid_value", "session.audio.input.transcription"))
         _merge(self.config, s)
         await self.send({"type": "session.updated", "session": self.config})
         self.updated.set()

@@ -376,6 +376,44 @@ class TestAzure:
         finally:
             await fake.stop()
 
+    @pytest.mark.parametrize("deployment", ["", "my-transcribe"])
+    async def test_caller_transcripts_need_a_transcription_deployment(self, deployment):
+        """Azure transcribes with a deployment (§1.9): none configured, none asked; configured, the caller's
+        words reach the call log as on OpenAI. The fake refuses a model name that is not a deployment."""
+        async with FakeRealtime("az-key-0123456789", azure=True, deployments=("my-realtime", "my-transcribe")) as fake:
+            h = Harness(make_agent("", ai_vendor="azure", azure_openai_endpoint=fake.url,
+                                   azure_openai_deployment="my-realtime", azure_openai_api_key="az-key-0123456789",
+                                   azure_openai_transcription_deployment=deployment))
+            await h.agent.connect()
+            h.start()
+            sess = await fake.session()
+            asked = sess.received[0]["session"]["audio"]["input"].get("transcription")
+            assert asked == ({"model": deployment} if deployment else None)
+            await sess.turn("my order number is 42", reply=b"\x12" * 160)
+            await h.wait_for(AgentTurnEnd)
+            said = [e for e in h.events if isinstance(e, Transcript)]
+            assert said == ([Transcript("caller", "my order number is 42")] if deployment else [])
+            assert fake.violations == []
+            await h.close()
+
+    async def test_a_transcription_model_that_is_no_deployment_is_refused_by_name(self):
+        async with FakeRealtime("az-key-0123456789", azure=True) as fake:
+            agent = make_agent("", ai_vendor="azure", azure_openai_endpoint=fake.url, azure_openai_api_key=
+                               "az-key-0123456789", azure_openai_deployment="my-realtime",
+                               azure_openai_transcription_deployment="gpt-4o-mini-transcribe")
+            await harness.refusal(agent, match="gpt-4o-mini-transcribe' is not a deployment")
+
+    async def test_noise_reduction_and_transcription_settings(self, fake):
+        h = await connected(fake, openai_noise_reduction="far_field", openai_transcription_model="off")
+        audio_in = (await fake.session()).received[0]["session"]["audio"]["input"]
+        assert audio_in["noise_reduction"] == {"type": "far_field"} and "transcription" not in audio_in
+        await h.close()
+        h = await connected(fake)
+        audio_in = (await fake.session(2)).received[0]["session"]["audio"]["input"]
+        assert "noise_reduction" not in audio_in and audio_in["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+        assert fake.violations == []
+        await h.close()
+
     async def test_azure_wrong_key_is_refused(self):
         fake = FakeRealtime("az-key-0123456789", azure=True)
         base = await fake.start()
