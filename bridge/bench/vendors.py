@@ -79,12 +79,24 @@ async def bench_openai(scale: float = 1.0) -> Figures:
     from tests.fakes.openai_realtime import FakeRealtime
 
     fake = FakeRealtime(KEY, speed=1.0, chunks=(FRAME,), check_server=False)
-    url = await fake.start()
-    settings = dataclasses.replace(config.load(environ={}, dotenv=None), ai_vendor="openai", openai_api_key=KEY,
-                                   openai_ws_endpoint=url)
+    return await _bench_realtime(fake, scale, ai_vendor="openai", openai_api_key=KEY, openai_ws_endpoint=await
+                                 fake.start())
+
+
+async def bench_grok(scale: float = 1.0) -> Figures:
+    """xAI Grok Voice (the OpenAI client in xAI's dialect) against tests/fakes/grok_voice.py."""
+    from tests.fakes.grok_voice import FakeGrok
+
+    fake = FakeGrok(KEY, speed=1.0, chunks=(FRAME,))
+    return await _bench_realtime(fake, scale, ai_vendor="grok", xai_api_key=KEY, grok_ws_endpoint=await fake.start())
+
+
+async def _bench_realtime(fake: Any, scale: float, **vendor: str) -> Figures:
+    """The measurements through a Realtime-protocol fake (already started), with `vendor` settings."""
+    settings = dataclasses.replace(config.load(environ={}, dotenv=None), **vendor)
     figures = Figures()
     try:
-        async with _bench_call(settings, "openai") as (call, pbx):
+        async with _bench_call(settings, vendor["ai_vendor"]) as (call, pbx):
             sess = await fake.session()
             sent: dict[int, float] = {}
             frames_up = int(UPLINK_FRAMES * scale)
@@ -261,7 +273,7 @@ async def bench_gemini(scale: float = 1.0) -> Figures:
 
 
 BENCHES: dict[str, Callable[[float], Awaitable[Figures]]] = {  # (scale) -> figures
-    "openai": bench_openai, "deepgram": bench_deepgram, "gemini": bench_gemini}
+    "openai": bench_openai, "grok": bench_grok, "deepgram": bench_deepgram, "gemini": bench_gemini}
 
 
 def _pct(values: list[float], q: float) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bridge.bench import vendors
 
 
@@ -14,8 +16,9 @@ def test_prints_a_row_per_vendor(capsys):
     assert "not available" not in rows["openai"]
 
 
-async def test_openai_figures_are_measured():
-    figures = await vendors.bench_openai(scale=0.1)
+@pytest.mark.parametrize("bench", [vendors.bench_openai, vendors.bench_grok])
+async def test_realtime_figures_are_measured(bench):
+    figures = await bench(scale=0.1)
     assert len(figures.uplink) == 25 and len(figures.downlink) == 6 and len(figures.flush) == 2
     assert all(v >= 0 for v in figures.uplink + figures.downlink + figures.flush)
 
