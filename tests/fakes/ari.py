@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from tests.fakes.ari_swagger import Swagger
+from tests.fakes.audiosocket import FakeAudioSocketClient
 
 with warnings.catch_warnings():  # the fake's own G.711, independent of bridge.codec (deprecated in 3.11, gone in 3.13)
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -86,6 +87,7 @@ class FakeChannel:
     source: Callable[[], bytes] | None = None  # what this party says (PCM16 frames)
     heard: list[tuple[float, bytes]] = field(default_factory=list)  # PCM16 frames the bridge gave it
     rtp: ExternalMediaRtp | None = None
+    audiosocket: FakeAudioSocketClient | None = None  # an AudioSocket ExternalMedia channel's connection
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S.000+0000", time.gmtime()))
 
     def model(self) -> dict[str, Any]:
@@ -97,6 +99,9 @@ class FakeChannel:
         }
         if self.rtp is not None:
             out["channelvars"] = {"UNICASTRTP_LOCAL_PORT": str(self.rtp.port), "UNICASTRTP_LOCAL_ADDRESS": "127.0.0.1"}
+        if self.audiosocket is not None:  # chan_audiosocket's pbx_builtin_setvar_helper calls
+            out["channelvars"] = {"AUDIOSOCKET_UUID": self.audiosocket.uuid,
+                                  "AUDIOSOCKET_SERVICE": "{}:{}".format(*self.audiosocket.address)}
         return out
 
 
@@ -416,6 +421,8 @@ class FakeAsterisk:
         self._emit(app, "ChannelDestroyed", channel=ch.model(), cause=cause, cause_txt=cause_txt)
         if ch.rtp is not None:
             ch.rtp.close()
+        if ch.audiosocket is not None:  # audiosocket_hangup closes the socket
+            ch.audiosocket.abort()
         self.channels.pop(ch.id, None)
 
     def _leave_bridge(self, ch: FakeChannel) -> None:
@@ -477,7 +484,7 @@ class FakeAsterisk:
     def _get_var(self, op: Any, path: dict[str, str], q: dict[str, str]) -> dict[str, str]:
         ch = self._channel(path["channelId"])
         variables = dict(ch.variables)
-        if ch.rtp is not None:
+        if ch.rtp is not None or ch.audiosocket is not None:
             variables.update(ch.model()["channelvars"])
         if q["variable"] not in variables:
             raise AriReply(404, "Provided variable was not found")
@@ -501,11 +508,13 @@ class FakeAsterisk:
             raise AriReply(400, "connection_type server is only for websocket")
         if encapsulation == "audiosocket" and not _is_uuid(q.get("data", "")):
             raise AriReply(400, "AudioSocket data must be a UUID")
-        if encapsulation != "rtp":
-            raise AriReply(501, "fake Asterisk models RTP ExternalMedia only")
+        if encapsulation == "none":
+            raise AriReply(501, "fake Asterisk models RTP and AudioSocket ExternalMedia only")
         host, sep, port = q.get("external_host", "").rpartition(":")
         if not sep or not host or not port.isdigit():
             raise AriReply(400, "external_host must be host:port")
+        if encapsulation == "audiosocket":
+            return await self._external_audiosocket(q, (host.strip("[]"), int(port)))
         if q["format"] not in PT_BY_FORMAT:
             raise AriReply(501, f"fake Asterisk models ulaw/alaw media only, not {q['format']}")
         channel_id = q.get("channelId") or f"{self._epoch}.{next(self._ids)}"
@@ -520,6 +529,24 @@ class FakeAsterisk:
         self.channels[ch.id] = ch
         # chan_rtp answers and the channel enters Stasis(app[,data]) (pbx.md §1.4) on its own thread, a few
         # ms after the reply: until then addChannel answers 422 (as Asterisk 22 does).
+        asyncio.get_running_loop().call_later(MEDIA_STASIS_DELAY, self._media_enters_stasis, ch, q)
+        return ch.model()
+
+    async def _external_audiosocket(self, q: dict[str, str], address: tuple[str, int]) -> dict[str, Any]:
+        """chan_audiosocket: `AudioSocket/<host:port>/<data>`; audiosocket_request connects (a failure is a failed
+        originate: 500), audiosocket_call sends the UUID and queues ANSWER; the channel enters Stasis(app,data)."""
+        channel_id = q.get("channelId") or f"{self._epoch}.{next(self._ids)}"
+        if channel_id in self.channels:
+            raise AriReply(409, "Channel with that id already exists")
+        client = FakeAudioSocketClient(address, q["data"])
+        try:
+            await client.connect()
+        except OSError:
+            raise AriReply(500, "An internal error prevented this request from being handled") from None
+        ch = FakeChannel(channel_id, f"AudioSocket/{q['external_host']}-{q['data']}", "Down",
+                         dialplan={"context": "default", "exten": "s", "priority": 1, "app_name": "AppDial2",
+                                   "app_data": "(Outgoing Line)"}, audiosocket=client)
+        self.channels[ch.id] = ch
         asyncio.get_running_loop().call_later(MEDIA_STASIS_DELAY, self._media_enters_stasis, ch, q)
         return ch.model()
 

@@ -90,6 +90,12 @@ class FakeAudioSocketClient:
             if self._writer is not None:
                 self._writer.close()
 
+    def abort(self) -> None:
+        """Hang up from Asterisk's side without waiting (close the socket; the tasks end on their own)."""
+        self.ended.set()
+        if self._writer is not None:
+            self._writer.close()
+
     async def close(self) -> None:
         """Hang up from Asterisk's side: close the socket."""
         self.ended.set()
