@@ -305,7 +305,9 @@ class OpenAIAgent(WsAgent):
     def _on_error(self, event: dict) -> list[Action]:
         err = event.get("error") or {}
         code = err.get("code") or err.get("type") or "error"
-        if code == "conversation_already_has_active_response":
+        # xAI's codes differ from OpenAI's here; its message says the same (pipecat matches the text too)
+        if code == "conversation_already_has_active_response" or "already has an active response" in str(
+                err.get("message", "")).lower():
             self._requested, self._want_response = False, True  # ours lost a race with server VAD: retry later
         return [VendorError(f"{code}: {err.get('message', '')}")]
 

@@ -10,6 +10,7 @@ from bridge.config import AgentPrompt
 from bridge.media import Codec
 from bridge.vendors.base import AgentAudio, AgentInterrupted, AgentTurnEnd, HangupRequest, Transcript
 from bridge.vendors.openai import OpenAIAgent
+from bridge.vendors.ws import Send
 from tests.fakes.grok_voice import FakeGrok, session_error
 from tests.fakes.openai_realtime import FakeRealtime
 from tests.fakes.ws_vendor import wait_for
@@ -113,3 +114,15 @@ async def test_openai_fake_is_untouched_by_the_dialect():
         async with harness.session(agent, fake):
             sess = await fake.session()
             assert sess.received[0]["session"]["type"] == "realtime"
+
+
+def test_an_active_response_race_is_retried_whatever_the_error_code():
+    """xAI words the one-response-at-a-time error like OpenAI but with its own code: the request waits and retries."""
+    agent = make_agent("ws://127.0.0.1:9/v1/realtime")
+    agent.send_dtmf("1")  # a response.create goes out
+    error = {"type": "error", "error": {"code": "invalid_request", "message": "Conversation already has an active "
+                                        "response in progress: resp_1."}}
+    list(agent.translate(json.dumps(error)))
+    done = {"type": "response.done", "response": {"id": "resp_1", "status": "completed", "output": []}}
+    sent = [a.message for a in agent.translate(json.dumps(done)) if isinstance(a, Send)]
+    assert [json.loads(m)["type"] for m in sent] == ["response.create"]
