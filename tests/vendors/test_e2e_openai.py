@@ -209,6 +209,32 @@ async def test_dropped_vendor_socket_leaves_no_rtp_gap(vendor):
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
+async def test_socket_dead_unnoticed_loses_no_caller_frame(vendor):
+    """The vendor stops reading (a dead socket nobody noticed yet), 300 ms later the connection dies: the next
+    session receives every caller frame after the last one the first acknowledged."""
+    async with environment(vendor_name=vendor) as env:
+        caller = Caller(env.target)
+        caller.payload = lambda n: bytes([0x20]) * (FRAME - 2) + bytes([n // 200, n % 200])  # numbered frames
+        assert await caller.dial()
+        first = await env.fake.session()
+        await until(lambda: len(first.appends) >= 25)
+        first.request.transport.pause_reading()
+        await asyncio.sleep(0.3)
+        await first.drop()
+        second = await env.fake.session(2)
+        await until(lambda: len(second.appends) >= 40)
+        await caller.hang_up()
+
+        def numbers(sess) -> list[int]:  # noqa: ANN001
+            return [c[-2] * 200 + c[-1] for _, c in sess.appends]
+
+        got, again = numbers(first), numbers(second)
+        assert again[0] <= got[-1] + 1  # resent from the last frame the first session acknowledged on
+        assert set(got) | set(again) >= set(range(got[0], again[-1] + 1))  # no caller frame lost
+        assert env.fake.violations == []
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
 async def test_refusal_before_answer_is_a_sip_error(vendor):
     async with environment(api_key="sk-wrong-000000000000", vendor_name=vendor) as env:
         await refused_with_503(env)
