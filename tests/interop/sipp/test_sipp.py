@@ -108,7 +108,8 @@ async def test_cancel_before_answer_with_ringing(tmp_path):
     assert code == 0
 
 
-@pytest.mark.parametrize("scenario", ["options", "g729_only", "bye_no_dialog", "unknown_method", "hold_unhold"])
+@pytest.mark.parametrize("scenario", ["options", "g729_only", "bye_no_dialog", "unknown_method", "hold_unhold",
+                                      "timer_too_brief"])
 async def test_scenario(scenario, tmp_path):
     async with live_server() as server:
         code, _ = await run_sipp(scenario, server.address[1], tmp_path)
