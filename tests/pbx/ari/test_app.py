@@ -320,3 +320,15 @@ async def test_callers_waiting_in_stasis_are_served_by_a_restarted_adapter(fake,
         assert adapter.core.calls[caller].info.metadata["args"] == "orphan"
         fake.caller_hangup(caller)
         await settle_empty(fake, adapter)
+
+
+async def test_externalmedia_rtp_stopping_hangs_the_caller_up(fake, ari_settings):
+    """RTP_TIMEOUT_SEC on the ARI ingress: the ExternalMedia RTP stops (Asterisk still up): DELETE the caller."""
+    async with Adapter(dataclasses.replace(ari_settings, rtp_timeout_sec=1.0)) as adapter:
+        caller = fake.call_in(source=tone(TONE_HZ))
+        await wait_until(lambda: len(fake.heard(caller)) >= 75, what="1.5 s of echoed frames")
+        assert len(adapter.core.calls) == 1  # RTP flowing: no timeout
+        fake.media_channel().rtp.close()
+        await wait_until(lambda: ("DELETE", f"/channels/{caller}") in [(m, p) for m, p, _ in fake.requests],
+                         what="the caller hung up by the adapter")
+        await settle_empty(fake, adapter)

@@ -319,3 +319,14 @@ async def test_connections_from_outside_the_allowed_networks_are_refused():
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed before a single command
         writer.close()
         assert server.refused == 1 and not core.calls and not core.ports.in_use
+
+
+async def test_unicast_audio_stopping_hangs_the_channel_up():
+    """RTP_TIMEOUT_SEC on the ESL ingress: FreeSWITCH's unicast audio stops (the socket stays): hang-up."""
+    async with esl_call(esl_settings(rtp_timeout_sec=1)) as (core, fs):
+        await until(lambda: fs.media is not None and fs.uuid in core.calls)
+        await asyncio.sleep(1.5)  # silence frames keep coming: the call stays
+        assert fs.uuid in core.calls and not fs.hangup_cause
+        fs.media.close()
+        await until(lambda: fs.hung_up.is_set() and not core.calls)
+        assert {"call-command": "hangup", "hangup-cause": "NORMAL_CLEARING"} in fs.sendmsgs
