@@ -308,6 +308,7 @@ class Adapter:
     env: dict[str, str]
     port: int
     cwd: str | None = None
+    answers_options: bool = True  # else ready once its SIP port is bound (the original answers no OPTIONS)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, log: Path) -> None:
@@ -363,6 +364,20 @@ async def wait_sip(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing answered SIP OPTIONS on port {port} within {timeout:g} s")
 
 
+async def wait_bound(port: int, timeout: float = 20.0) -> None:
+    """Until something holds UDP 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                await asyncio.sleep(0.5)  # bound: give it a moment to finish starting
+                return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"nothing bound UDP port {port} within {timeout:g} s")
+
+
 # ---- one run --------------------------------------------------------------------------------------------
 
 
@@ -415,7 +430,7 @@ def measure(label: str, path: str, adapters: list[Adapter], target_port: int, n:
     spy = None
     try:
         for a in adapters:
-            asyncio.run(wait_sip(a.port))
+            asyncio.run(wait_sip(a.port) if a.answers_options else wait_bound(a.port))
         if target_port not in [a.port for a in adapters]:  # a proxy: its OPTIONS probes must see them up
             asyncio.run(wait_sip(target_port))
             time.sleep(PROBE_INTERVAL + 1)
@@ -606,7 +621,7 @@ def original(checkout: Path, python: str, port: int, env: dict[str, str]) -> Ada
     """The original sip-to-ai (app.main) from `checkout`, with the same settings it reads."""
     base = {"SIP_PORT": str(port), "SIP_DOMAIN": "127.0.0.1", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "json",
             "OPENAI_MODEL": "gpt-realtime", "AGENT_PROMPT_FILE": "agent_prompt.yaml"}
-    return Adapter([python, "-m", "app.main"], {**base, **env}, port, cwd=str(checkout))
+    return Adapter([python, "-m", "app.main"], {**base, **env}, port, cwd=str(checkout), answers_options=False)
 
 
 if __name__ == "__main__":
