@@ -51,6 +51,7 @@ from typing import Literal
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from bridge.errors import AgentRefused
@@ -254,6 +255,12 @@ class SendQueue:
         return None
 
 
+def _writable(ws: ClientConnection) -> bool:
+    """Whether a message written now goes out in order with nothing to wait for (what `ws.send` would check)."""
+    return (ws.protocol.state is State.OPEN and not ws.paused and ws.send_in_progress is None
+            and not ws.transport.is_closing())
+
+
 # ---- the session ------------------------------------------------------------------------------------------
 
 
@@ -275,6 +282,7 @@ class WsSession:
         self._closing = False
         self._close_code = 1000
         self._finished = False
+        self._direct: ClientConnection | None = None  # the connection audio may be written to directly
         self._secrets: Sequence[str] = ()
 
     # -- public ------------------------------------------------------------------------------------------------
@@ -298,7 +306,21 @@ class WsSession:
         self.queue.put_control(message)
 
     def send_audio(self, message: Message) -> None:
-        """Queue caller audio; when the vendor lags, the oldest queued audio is dropped and counted."""
+        """Caller audio: written at once when nothing waits before it and the socket takes it (no task wake-up per
+        frame); else queued, and when the vendor lags the oldest queued audio is dropped and counted."""
+        ws = self._direct
+        if ws is not None and not self.queue.control and not self.queue.audio and _writable(ws):
+            try:
+                if isinstance(message, str):
+                    ws.protocol.send_text(message.encode())
+                else:
+                    ws.protocol.send_binary(message)
+                ws.send_data()
+            except Exception:  # the state changed under us: the sender's path reports it, the audio waits
+                self.queue.put_audio(message)
+                return
+            self.queue.sent(message)
+            return
         self.queue.put_audio(message)
 
     async def events(self) -> AsyncIterator[AgentEvent]:
@@ -387,6 +409,7 @@ class WsSession:
         async with asyncio.TaskGroup() as tg:
             sender = tg.create_task(self._send_loop(ws))
             acker = tg.create_task(self._ack_loop(ws))
+            self._direct = ws
             try:
                 while True:
                     for action in self._translate(await ws.recv()):
@@ -404,6 +427,7 @@ class WsSession:
                     await asyncio.wait_for(ws.close(1000), CLOSE_TIMEOUT)
                 return None
             finally:
+                self._direct = None
                 sender.cancel()
                 acker.cancel()
 

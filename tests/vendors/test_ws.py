@@ -322,6 +322,18 @@ class TestRunnerSession:
             assert agent.session._owner is None
             await agent.aclose()  # idempotent
 
+    async def test_audio_is_written_at_once_unless_something_waits_before_it(self):
+        async with connected() as (peer, agent):
+            await wait_until(lambda: agent.session._direct is not None)  # the connection is being served
+            agent.send_audio(b"a")  # nothing queued: on the socket before send_audio returns
+            assert not agent.session.queue.audio and agent.session.queue.sent_audio == 1
+            agent.send(json.dumps({"type": "note"}))  # a control message waits for the sender task...
+            agent.send_audio(b"b")  # ...so audio queues behind it, in order
+            assert list(agent.session.queue.audio) == [agent.audio_message(b"b")]
+            await wait_until(lambda: len(peer.received[0]) == 4)
+            assert [m["type"] for m in peer.received[0]] == ["hello", "audio", "note", "audio"]
+            assert [m.get("data") for m in peer.received[0][1::2]] == ["a", "b"]
+
     async def test_close_is_1001_going_away_while_the_process_drains(self):
         async with connected() as (peer, agent):
             agent.ctx = dataclasses.replace(agent.ctx, draining=lambda: True)
