@@ -48,6 +48,7 @@ from bridge.vendors.base import (
     ToolCall,
     Transcript,
     TransferRequest,
+    UplinkLatency,
 )
 
 log = logging.getLogger("bridge.call")
@@ -281,6 +282,8 @@ class Call:
                 case ToolCall(name=name, arguments=arguments):
                     self.log.info("> tool call %s", name)
                     publish(ev.ToolCalled(self.call_id, name, arguments, self.offset()))
+                case UplinkLatency(seconds=seconds):
+                    publish(ev.UplinkLatency(self.call_id, self.vendor, seconds))
                 case AgentReconnected():
                     publish(ev.VendorReconnected(self.call_id, self.vendor, self.offset()))
                 case HangupRequest(reason=reason):

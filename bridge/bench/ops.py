@@ -22,6 +22,7 @@ from bridge.ops.metrics import Metrics
 from bridge.ops.recording import TwoChannels
 from bridge.rtp.endpoint import RtpEndpoint
 from bridge.rtp.playout import Playout
+from bridge.vendors.ws import SendQueue
 
 REPEAT = 200_000
 
@@ -73,6 +74,12 @@ def _caller_packet() -> float:
     return _us(one) - _us(lambda: channels.heard(payload))
 
 
+async def _put_audio() -> float:
+    """SendQueue.put_audio per caller frame, with its latency sample counter (one frame in 50 is timed)."""
+    queue, frame = SendQueue(), b"\x55" * 160
+    return _us(lambda: queue.put_audio(frame))
+
+
 async def _scrape(calls: int) -> tuple[float, int]:
     settings = load(environ={"RTP_PORT_MIN": "48000", "RTP_PORT_MAX": "49999"}, dotenv=None)
     core = MediaCore(settings)
@@ -99,6 +106,8 @@ def run(calls: int = 100) -> None:
     channels, frame = TwoChannels(0xFF, lambda left, right: None), b"\x55" * 160
     print(f"  per frame sent: the recording tap alone               {_us(lambda: channels.heard(frame)):8.3f}")
     print(f"  per caller packet: recording tap (place by seq)      {_caller_packet():8.3f}")
+    print(f"  per caller frame: vendor SendQueue.put_audio          {asyncio.run(_put_audio()):8.3f}   "
+          "(incl. the uplink-latency sample counter)")
     t0 = time.perf_counter()
     scrape, size = asyncio.run(_scrape(calls))
     print(f"  one /metrics scrape, {calls} live calls ({size} bytes)   {scrape:8.1f}   "

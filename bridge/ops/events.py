@@ -103,6 +103,15 @@ class AgentLatency:
 
 
 @dataclass(frozen=True)
+class UplinkLatency:
+    """A sampled caller frame: into the agent (RTP in) -> out on the vendor's socket (bridge-added, uplink)."""
+
+    call_id: str
+    vendor: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class CallEnded:
     """The call is over and everything is released. `outcome` is completed, vendor_error, media_error,
     rtp_timeout (no media from the caller, RTP_TIMEOUT_SEC), session_expired (SIP session timer, RFC 4028), ...;
@@ -119,7 +128,7 @@ class CallEnded:
 
 
 CallEvent = (CallStarted | CallAnswered | CallRefused | TranscriptLine | ToolCalled | BargeIn | VendorReconnected
-             | AgentLatency | CallEnded)
+             | AgentLatency | UplinkLatency | CallEnded)
 Subscriber = Callable[[CallEvent], None]
 
 

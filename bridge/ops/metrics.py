@@ -21,7 +21,16 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from bridge.clock import LATENESS_BOUNDS
-from bridge.ops.events import AgentLatency, BargeIn, CallAnswered, CallEnded, CallEvent, CallRefused, VendorReconnected
+from bridge.ops.events import (
+    AgentLatency,
+    BargeIn,
+    CallAnswered,
+    CallEnded,
+    CallEvent,
+    CallRefused,
+    UplinkLatency,
+    VendorReconnected,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -56,6 +65,9 @@ class Metrics:
         self.downlink = Histogram("sip_to_ai_downlink_latency_seconds",
                                   "Bridge-added downlink latency: first agent audio of a reply in -> its first RTP "
                                   "frame's tick", ["vendor"], buckets=LATENCY_BUCKETS, registry=r)
+        self.uplink = Histogram("sip_to_ai_uplink_latency_seconds",
+                                "Bridge-added uplink latency: a sampled caller frame (one a second) from RTP in to "
+                                "its vendor websocket send", ["vendor"], buckets=LATENCY_BUCKETS, registry=r)
         r.register(CoreCollector(core, webhooks, records))
 
     def __call__(self, event: CallEvent) -> None:
@@ -72,6 +84,8 @@ class Metrics:
                 self.reconnects.labels(vendor).inc()
             case AgentLatency(vendor=vendor, seconds=seconds):
                 self.downlink.labels(vendor).observe(seconds)
+            case UplinkLatency(vendor=vendor, seconds=seconds):
+                self.uplink.labels(vendor).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

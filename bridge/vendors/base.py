@@ -81,6 +81,13 @@ class AgentReconnected:
 
 
 @dataclass(frozen=True)
+class UplinkLatency:
+    """How long one sampled caller frame took from send_audio() to leaving on the vendor's socket (seconds)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
 class AgentClosed:
     """The agent session is over. `error` marks an abnormal end (vendor error, reconnects exhausted)."""
 
@@ -89,7 +96,7 @@ class AgentClosed:
 
 
 AgentEvent = (AgentAudio | AgentTurnEnd | AgentInterrupted | Transcript | HangupRequest | TransferRequest | ToolCall
-              | AgentReconnected | AgentClosed)
+              | AgentReconnected | UplinkLatency | AgentClosed)
 
 
 @dataclass(frozen=True)

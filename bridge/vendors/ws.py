@@ -55,11 +55,12 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from bridge.errors import AgentRefused
-from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent, AgentReconnected
+from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent, AgentReconnected, UplinkLatency
 
 Message = str | bytes
 
 SEND_QUEUE_FRAMES = 50  # 1 s of 20 ms caller frames; older audio is stale for a conversation and is dropped
+LATENCY_SAMPLE = 50  # one caller frame in so many (one a second) is timed from send_audio() to the socket
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # OpenAI accepts 15 MiB events; replies with long transcripts stay below
 MAX_RETRY_DELAY = 30.0  # seconds: a live caller is waiting, longer gaps are pointless
 CLOSE_TIMEOUT = 2.0  # seconds the closing handshake may take before the TCP connection is dropped
@@ -215,6 +216,8 @@ class SendQueue:
         self.wake = asyncio.Event()
         self.unacked: deque[tuple[int, Message]] = deque(maxlen=audio_limit)  # (number, audio) sent, not acked
         self.sent_audio = 0  # audio messages sent so far (numbers them)
+        self.put = 0  # audio messages queued so far
+        self.timed: tuple[Message, float] | None = None  # the sampled audio message and when it was queued
 
     def put_control(self, message: Message) -> None:
         self.control.append(message)
@@ -222,9 +225,14 @@ class SendQueue:
 
     def put_audio(self, message: Message) -> None:
         if len(self.audio) >= self.audio_limit:
-            self.audio.popleft()
+            dropped = self.audio.popleft()
             self.dropped_audio += 1
+            if self.timed is not None and dropped is self.timed[0]:
+                self.timed = None
         self.audio.append(message)
+        self.put += 1
+        if self.timed is None and self.put % LATENCY_SAMPLE == 0:
+            self.timed = (message, asyncio.get_running_loop().time())
         self.wake.set()
 
     def sent(self, message: Message) -> None:
@@ -244,6 +252,8 @@ class SendQueue:
         while len(self.audio) > self.audio_limit:
             self.audio.popleft()
             self.dropped_audio += 1
+        if self.timed is not None and not any(m is self.timed[0] for m in self.audio):
+            self.timed = None  # the sampled frame was dropped: sample afresh
 
     def pop(self) -> tuple[Message, bool] | None:
         """The next message and whether it is control, or None when both queues are empty."""
@@ -489,6 +499,9 @@ class WsSession:
                 return
             if not control:
                 self.queue.sent(message)
+                if self.queue.timed is not None and message is self.queue.timed[0]:
+                    self._events.put_nowait(UplinkLatency(asyncio.get_running_loop().time() - self.queue.timed[1]))
+                    self.queue.timed = None
 
     async def _ack_loop(self, ws: ClientConnection) -> None:
         """Ping every ACK_INTERVAL while audio is unacknowledged; a pong acknowledges what was sent before it."""

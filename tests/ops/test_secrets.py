@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import caller as uac
 from bridge.ops.logs import setup_logging
@@ -101,12 +102,15 @@ async def test_a_vendor_call_at_debug_leaks_no_key(name, tmp_path):
                         events_webhook_secret=HOOK_SECRET, ai_connection_timeout_sec=3.0)
         with debug_logs(**settings) as logs:
             async with ops_bridge(**settings) as bridge:
-                (fig,) = await uac.place_calls(bridge.target.replace("echo@", "ai@"), calls=1, seconds=1.0)
+                (fig,) = await uac.place_calls(bridge.target.replace("echo@", "ai@"), calls=1, seconds=1.5)
                 assert fig.answered and fig.received > 30
                 await until(lambda: len(bodies) == 2)
                 _, metrics = await get(f"{bridge.admin}/metrics")
     summary = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert summary["vendor"] == name and summary["rtp"]["received"] == fig.sent
+    uplink = next(s for f in text_string_to_metric_families(metrics) for s in f.samples
+                  if s.name == "sip_to_ai_uplink_latency_seconds_count" and s.labels == {"vendor": name})
+    assert uplink.value >= 1  # one caller frame a second is timed from RTP in to the vendor socket
     text = everything(logs, tmp_path, metrics, bodies)
     assert "websockets" in logs.getvalue() and "***" in logs.getvalue()  # the handshake was logged, redacted
     for secret in forms(KEYS[name]) + forms(HOOK_SECRET):
