@@ -225,11 +225,10 @@ class FakeSocketApp:
                 await self._command(*cmd)
         finally:
             self.adapter_closed.set()
-            if self.resumed and not self.hangup_cause:
-                self.continued = True  # `resume`: the dialplan goes on after the socket app
-            elif not self.hangup_cause:  # socket closed without `resume`: the channel is hung up
-                self.hangup_cause = "NORMAL_CLEARING"
-                self.hung_up.set()
+            if not self.hangup_cause and not self.transfers:
+                # The park loop of an `async` socket ends with the socket, `resume` or not (FreeSWITCH 1.10.12,
+                # seen): the dialplan goes on after the socket app. A transferred channel is elsewhere already.
+                self.continued = True
             if self.media is not None:
                 self.media.close()
 
@@ -279,7 +278,7 @@ class FakeSocketApp:
             if args[0] != self.uuid or self.hangup_cause:
                 return "-ERR No such channel!\n"
             self.transfers.append(" ".join(args[1:]))
-            self._event("CHANNEL_UNPARK")  # transfer breaks the park loop; the channel goes on elsewhere
+            self._tasks.append(asyncio.create_task(self._socket_app_ends()))  # after this reply is written
             return "+OK\n"
         if cmd == "uuid_kill":
             if not args or args[0] != self.uuid:
@@ -310,6 +309,7 @@ class FakeSocketApp:
         self._event("CHANNEL_EXECUTE", info)
         if app == "answer":
             self.answered = True
+            self._event("CHANNEL_PROGRESS_MEDIA")
             self._event("CHANNEL_ANSWER")
         elif app == "transfer":
             self.transfers.append(arg)
@@ -337,6 +337,15 @@ class FakeSocketApp:
                                                             local_addr=local)
         self._tasks.append(asyncio.create_task(self.media.send_loop()))
 
+    async def _socket_app_ends(self, cause: str = "") -> None:
+        """Transfer (or hangup) breaks the park loop: the socket app completes; the channel goes on elsewhere."""
+        extra = [("Hangup-Cause", cause)] if cause else []
+        self._event("CHANNEL_UNPARK", extra)
+        self._event("CHANNEL_EXECUTE_COMPLETE", [("Application", "socket"), ("Application-Data", "adapter async full"),
+                                                 ("Application-UUID", str(uuidlib.uuid4())), *extra])
+        self._event("CHANNEL_STATE", extra)
+        self._event("CHANNEL_STATE", extra)
+
     async def _hangup(self, cause: str) -> None:
         """The hangup order of mod_event_socket with linger, then the disconnect-notice."""
         if self.hangup_cause:
@@ -345,10 +354,8 @@ class FakeSocketApp:
         if self.media is not None:
             self.media.close()
         self._event("CHANNEL_HANGUP", [("Hangup-Cause", cause)])
-        self._event("CHANNEL_UNPARK")
-        self._event("CHANNEL_EXECUTE_COMPLETE", [("Application", "socket"), ("Application-Data", "adapter async full"),
-                                                 ("Application-UUID", str(uuidlib.uuid4()))])
-        self._event("CHANNEL_STATE")
+        if not self.transfers:  # after a transfer the socket app is over already
+            await self._socket_app_ends(cause)
         self._event("CHANNEL_HANGUP_COMPLETE", [("Hangup-Cause", cause)])
         self.hung_up.set()
         if self.linger is not None:

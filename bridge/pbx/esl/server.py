@@ -106,7 +106,9 @@ class OutboundSession:
         self.call: Call | None = None
         self.control = EslControl(self)
         self.gone = ""  # why the channel is over for us: its hangup, the disconnect-notice, the socket's end
-        self.finished = asyncio.Event()  # FreeSWITCH is done with the socket (disconnect-notice or EOF)
+        # FreeSWITCH is done with the socket: its socket app completed (a transfer ended the park; the transferred
+        # channel goes on without the socket), a disconnect-notice, or EOF
+        self.finished = asyncio.Event()
         self._completions: dict[str, asyncio.Future[EslEvent]] = {}
         self._fork: tuple[Address, Address] = (("", 0), ("", 0))  # FreeSWITCH's unicast side, ours
         self._watchdog: asyncio.TimerHandle | None = None  # warns when no unicast audio arrives
@@ -169,8 +171,8 @@ class OutboundSession:
                 self._watchdog.cancel()
         if reason is None:
             return
-        if self.control.ending == "transfer":  # the socket stays until FreeSWITCH drops it: closing it would
-            await self.finished.wait()  # hang up the transferred channel (mod_event_socket, no `resume`)
+        if self.control.ending == "transfer":  # closing the socket while the channel is still parked in the
+            await self.finished.wait()  # socket app would run the dialplan after it: wait until the app is over
         self.log.info("= esl call over: %s", reason)
 
     async def _refuse(self, why: str) -> None:
@@ -251,6 +253,8 @@ class OutboundSession:
                 future = self._completions.get(event.headers.get("Application-UUID", ""))
                 if future is not None and not future.done():
                     future.set_result(event)
+                if event.headers.get("Application") == "socket":
+                    self.finished.set()
             case "DTMF":
                 digit = event.headers.get("DTMF-Digit", "")
                 if self.call is not None and len(digit) == 1:
