@@ -57,6 +57,7 @@ DRAIN_LIMIT = 30.0  # seconds of goodbye audio an end_call waits for at most
 RELEASED_STREAMS_KEPT = 1000  # ids remembered after their call ended unconnected (far more than connect races need)
 CLEANUP_TIMEOUT = 5.0  # seconds each release step may take
 MEDIA_CHECK_INTERVAL = 1.0  # seconds between looks at a call's receive counter (RTP_TIMEOUT_SEC)
+DEAD_PEER_HANGUP_WAIT = 2.0  # seconds an RTP-timeout hang-up waits for its answer (a dead peer sends none)
 # What makes create_call a refusal rather than a failure: the vendor said no (or never connected), the RTP port
 # range is exhausted, or the RTP socket could not be bound (e.g. MEDIA_HOST is not an address of this host).
 REFUSALS = (AgentError, NoPortAvailable, OSError)
@@ -323,8 +324,8 @@ class Call:
                 break
         reason = f"rtp timeout: no media from the caller for {limit:g} s{' (on hold)' if watch.held else ''}"
         self.log.warning("! %s: hanging up", reason)
-        with contextlib.suppress(TimeoutError):  # a dead peer never answers our BYE: the call ends regardless
-            async with asyncio.timeout(CLEANUP_TIMEOUT):
+        with contextlib.suppress(TimeoutError):  # a dead peer never answers: the call ends regardless (SIP's BYE
+            async with asyncio.timeout(DEAD_PEER_HANGUP_WAIT):  # goes on being retransmitted by its transaction)
                 await control.hangup(reason)
         self.end(reason, "rtp_timeout")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import re
 import shutil
 import socket
@@ -27,7 +28,7 @@ import numpy as np
 import pytest
 
 from bridge.app import ingresses
-from bridge.call import MediaCore
+from bridge.call import DEAD_PEER_HANGUP_WAIT, MediaCore
 from bridge.codec import g711
 from bridge.media import Codec
 from bridge.vendors.base import Agent, AgentAudio, AgentContext, AgentTurnEnd, HangupRequest, TransferRequest
@@ -111,12 +112,14 @@ class RecordingEcho(EchoAgent):
 class Adapter:
     """The adapter's ingresses as `serve` wires them (bridge.app.ingresses), in this process, on the peer's ports."""
 
-    def __init__(self, fs: FreeSwitchPeer, agent_factory: Callable[[AgentContext], Agent] = RecordingEcho) -> None:
+    def __init__(self, fs: FreeSwitchPeer, agent_factory: Callable[[AgentContext], Agent] = RecordingEcho,
+                 **overrides: object) -> None:
         low = free_udp_block(200)
         self.settings = make_settings(
             sip_domain="127.0.0.1", sip_port=fs.adapter_sip[1], esl_listen=fs.adapter_esl,
             esl_inbound=("127.0.0.1", fs.esl_port), esl_password=fs.password, transfer_context="default",
-            transfer_extension="9100", echo_delay_ms=ECHO_DELAY_MS, rtp_port_min=low, rtp_port_max=low + 199)
+            transfer_extension="9100", echo_delay_ms=ECHO_DELAY_MS, rtp_port_min=low, rtp_port_max=low + 199,
+            **overrides)
         self.core = MediaCore(self.settings, agent_factory)
         self.tasks: list[asyncio.Task[None]] = []
         self.wired = ingresses(self.settings)
@@ -435,3 +438,32 @@ async def test_freeswitch_restart_mid_call(fs: FreeSwitchPeer, adapter: Adapter,
         await place(fs, way, record)
         await fs_idle(fs)
         assert_echo(echo_of(record), way)
+
+
+async def test_freeswitch_killed_mid_call_the_sip_call_ends_by_rtp_timeout(fs: FreeSwitchPeer, rec: Path, caplog):
+    """SIGKILL sends no BYE: the bridged SIP call's RTP stops, RTP_TIMEOUT_SEC ends it (our BYE goes unanswered).
+
+    Measured before RTP_TIMEOUT_SEC existed: the adapter kept sending RTP to the dead port for 9 min 47 s.
+    """
+    caplog.set_level(logging.INFO, logger="bridge.call")
+    async with Adapter(fs, rtp_timeout_sec=2.0) as adapter:
+        await place(fs, BRIDGE_PCMU, rec / "killed.wav", app="playback:silence_stream://20000")
+        await wait_until(lambda: len(adapter.core.calls) == 1, 10, "the call live")
+        await asyncio.sleep(2.5)
+        assert len(adapter.core.calls) == 1  # its RTP flows (silence is RTP too): no timeout
+        killed = time.monotonic()
+        await asyncio.to_thread(_kill, fs)
+        await adapter.idle(15)
+        took = time.monotonic() - killed
+    print(f"call released {took:.1f} s after SIGKILL (RTP_TIMEOUT_SEC=2, checked once a second, BYE waited <= 2 s)")
+    assert took < 2 + 1 + DEAD_PEER_HANGUP_WAIT + 2
+    assert any("x call ended: rtp timeout: no media from the caller for 2 s" in r.getMessage()
+               for r in caplog.records)
+    await asyncio.to_thread(fs.start)  # the module's peer, back for whatever runs next
+
+
+def _kill(fs: FreeSwitchPeer) -> None:
+    assert fs.proc is not None
+    fs.proc.kill()
+    fs.proc.wait(10)
+    fs.proc = None
