@@ -112,6 +112,28 @@ async def test_dropped_socket_mid_call_resumes_with_its_handle_and_no_rtp_gap():
         assert await phone.hangup() == 200
 
 
+async def test_refused_handle_mid_call_goes_on_in_a_fresh_session_with_the_earlier_turns():
+    async with FakeGeminiLive(answer_turns=False) as fake, bridge(fake) as (core, phone):
+        assert await phone.call() == 200
+        conn = await fake.connection()
+        await conn.transcribe_input("I need a plumber")
+        await conn.speak(0.2, 440, "Sure, where are you?")
+        await wait_for(lambda: sum(p.payload != SILENCE for _, p in phone.collect()) >= 9, 3.0, "the reply")
+        fake.handles.clear()  # the handle expired: resuming is refused with 1007
+        player = asyncio.create_task(phone.play(tone_frames(1000, 40)))
+        await conn.drop()
+        fresh = await fake.connection(2)
+        await player
+        said = [(t["role"], t["parts"][0]["text"]) for t in fresh.turns[0]["turns"]]
+        assert fresh.resumed_from is None and ("user", "I need a plumber") in said
+        await fresh.wait_audio(640)  # the caller is heard by the new session
+        await fresh.speak(0.2, 660)
+        await wait_for(lambda: sum(p.payload != SILENCE for _, p in phone.collect()) >= 18, 3.0, "the next reply")
+        check_no_rtp_gap(phone.collect(), "gemini refused handle")
+        assert await phone.hangup() == 200
+        assert len(fake.violations) == 1 and "resumption handle" in fake.violations[0]  # the one refusal
+
+
 async def test_end_call_byes_after_the_goodbye():
     async with FakeGeminiLive(answer_turns=False) as fake, bridge(fake) as (core, phone):
         assert await phone.call() == 200
