@@ -98,7 +98,7 @@ def uri_user(uri: str) -> str:
 
 
 def uri_hostport(uri: str, default_port: int = 5060) -> tuple[str, int] | None:
-    """(host, port) of a sip/sips URI, honouring `maddr`; None for other schemes."""
+    """(host, port) of a sip/sips URI, honouring `maddr`; None for other schemes and ports beyond 1-65535."""
     m = SIP_URI.match(uri)
     if not m:
         return None
@@ -108,4 +108,5 @@ def uri_hostport(uri: str, default_port: int = 5060) -> tuple[str, int] | None:
     except ValueError:
         params = {}
     host = params.get("maddr") or host
-    return host, int(m.group(4)) if m.group(4) else default_port
+    port = int(m.group(4)) if m.group(4) else default_port
+    return (host, port) if 0 < port <= 65535 else None

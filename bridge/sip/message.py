@@ -96,9 +96,11 @@ class Via:
         """Raises ValueError when the value is not a via-parm."""
         m = g.VIA.match(value)
         if not m:
-            raise ValueError(f"bad Via {value!r}")
-        return cls(m.group(1).upper(), m.group(2).strip("[]"), int(m.group(3)) if m.group(3) else None,
-                   g.parse_params(m.group(4) or ""))
+            raise ValueError(f"bad Via {value[:80]!r}")
+        port = int(m.group(3)) if m.group(3) else None
+        if port is not None and not 0 < port <= 65535:  # the answer could go nowhere (sendto raises)
+            raise ValueError(f"Via port {port} out of range")
+        return cls(m.group(1).upper(), m.group(2).strip("[]"), port, g.parse_params(m.group(4) or ""))
 
 
 @dataclass
@@ -269,12 +271,11 @@ def _body(msg: Message, body: bytes, stream: bool) -> bytes:
     if len(lengths) > 1:
         raise SipParseError("conflicting Content-Length values", 400)
     (raw,) = lengths
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # isdigit() alone takes '²', which int() refuses
         raise SipParseError(f"bad Content-Length {raw[:20]!r}", 400)
-    n = int(raw)
-    if n > len(body):
-        raise SipParseError(f"Content-Length {n} but {len(body)} bytes of body", 400)
-    return body[:n]
+    if len(raw) > len(str(MAX_MESSAGE)) or int(raw) > len(body):  # int() refuses 4,300 digits and more
+        raise SipParseError(f"Content-Length {raw[:20]} but {len(body)} bytes of body", 400)
+    return body[: int(raw)]
 
 
 def _check(msg: Request | Response, text: str) -> None:
@@ -306,7 +307,7 @@ def _check(msg: Request | Response, text: str) -> None:
             raise SipParseError("Request-URI carries a Route header (§19.1.5)", 400)
         for name in ("contact", "record-route", "route"):
             for value in msg.values(name):
-                if value != "*":
+                if value != "*" or name != "contact" or msg.method != "REGISTER":  # §10.2.2: `*` only there
                     _name_addr_or_400(value)
     if any("\udc80" <= c <= "\udcff" for c in text):
         raise SipParseError("header bytes are not UTF-8", 400)
@@ -314,9 +315,11 @@ def _check(msg: Request | Response, text: str) -> None:
 
 def _name_addr_or_400(value: str) -> None:
     try:
-        NameAddr.parse(value)
+        uri = NameAddr.parse(value).uri
     except ValueError as exc:
         raise SipParseError(str(exc), 400) from None
+    if g.SIP_URI.match(uri) and g.uri_hostport(uri) is None:  # in-dialog requests could go nowhere
+        raise SipParseError(f"port out of range in {uri[:80]!r}", 400)
 
 
 def response(req: Request, status: int, to_tag: str = "", extra: list[tuple[str, str]] | None = None,

@@ -21,6 +21,22 @@ class NotAcceptable(ParseError):
         super().__init__(message, 488)
 
 
+MAX_CLOCK_RATE = 10**6  # Hz; RFC 3551 rates are 8000-90000
+
+
+def number(text: str, limit: int) -> int | None:
+    """`text` as a decimal number no larger than `limit`, else None (str.isdigit() takes '²', int() does not)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(limit)):
+        return None
+    value = int(text)
+    return value if value <= limit else None
+
+
+def payload_type(fmt: str) -> int | None:
+    """An m= format as an RTP payload type (7 bits, RFC 3550 §5.1), else None."""
+    return number(fmt, 127)
+
+
 @dataclass
 class Media:
     """One m= section."""
@@ -37,12 +53,13 @@ class Media:
 
     def rtpmap(self) -> dict[int, tuple[str, int]]:
         """PT -> (lower-case encoding, clock rate), static PTs filled in (RFC 3551)."""
-        out = {pt: STATIC[pt] for pt in (int(f) for f in self.formats if f.isdigit()) if pt in STATIC}
+        out = {pt: STATIC[pt] for pt in map(payload_type, self.formats) if pt in STATIC}
         for value in self.attr("rtpmap"):
-            pt, _, enc = value.partition(" ")
+            fmt, _, enc = value.partition(" ")
             name, _, rate = enc.strip().partition("/")
-            if pt.isdigit() and rate.split("/")[0].isdigit():
-                out[int(pt)] = (name.lower(), int(rate.split("/")[0]))
+            pt, clock = payload_type(fmt), number(rate.split("/")[0], MAX_CLOCK_RATE)
+            if pt is not None and clock is not None:
+                out[pt] = (name.lower(), clock)
         return out
 
 
@@ -86,9 +103,10 @@ class SessionDescription:
                 self.connection = address
         elif kind == "m":
             parts = value.split()
-            if len(parts) < 4 or not parts[1].split("/")[0].isdigit():
+            port = number(parts[1].split("/")[0], 65535) if len(parts) >= 4 else None
+            if port is None:
                 raise ParseError(f"bad m= line {value[:40]!r}", 400)
-            self.media.append(Media(parts[0].lower(), int(parts[1].split("/")[0]), parts[2], parts[3:]))
+            self.media.append(Media(parts[0].lower(), port, parts[2], parts[3:]))
         elif kind == "a":
             name, _, val = value.partition(":")
             (target.attributes if target else self.attributes).append((name.strip().lower(), val.strip()))
@@ -133,9 +151,9 @@ def negotiate(offer: SessionDescription) -> Negotiated:
             continue
         rtpmap = media.rtpmap()
         for fmt in media.formats:
-            if not fmt.isdigit() or rtpmap.get(int(fmt)) not in (("pcmu", 8000), ("pcma", 8000)):
+            pt = payload_type(fmt)
+            if pt is None or rtpmap.get(pt) not in (("pcmu", 8000), ("pcma", 8000)):
                 continue
-            pt = int(fmt)
             codec = Codec.PCMU if rtpmap[pt][0] == "pcmu" else Codec.PCMA
             dtmf = next((p for p, enc in rtpmap.items() if enc == ("telephone-event", 8000)
                          and str(p) in media.formats), None)

@@ -54,7 +54,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from bridge.errors import AgentRefused
+from bridge.errors import AgentRefused, ParseError
 from bridge.vendors.base import Agent, AgentClosed, AgentContext, AgentEvent, AgentReconnected, UplinkLatency
 
 Message = str | bytes
@@ -286,6 +286,7 @@ class WsSession:
         self.retry_delay = retry_delay
         self.queue = SendQueue(audio_limit)
         self.reconnects = 0
+        self.malformed = 0  # vendor messages dropped because they could not be read
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._ws: ClientConnection | None = None
         self._owner: asyncio.Task[None] | None = None
@@ -526,9 +527,10 @@ class WsSession:
 
     def _translate(self, raw: Message) -> list[Action]:
         try:
-            return list(self.agent.translate(raw))
-        except (ValueError, KeyError, TypeError) as exc:  # a malformed vendor message: logged, never fatal
-            self.log.warning("! %s sent a message we cannot read: %s", self.agent.vendor, type(exc).__name__)
+            return read_message(self.agent, raw)
+        except VendorMessageError as exc:  # a malformed vendor message: logged, never fatal
+            self.malformed += 1
+            self.log.warning("! %s sent a message we cannot read: %s", self.agent.vendor, exc)
             return []
 
     def _apply(self, action: Action) -> None:
@@ -558,6 +560,23 @@ class WsSession:
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
+
+
+class VendorMessageError(ParseError):
+    """A vendor message that cannot be read (not JSON, a field missing or of the wrong type): dropped."""
+
+
+def read_message(agent: WsAgent, raw: Message) -> list[Action]:
+    """`agent.translate(raw)` as a list; the ways a malformed message fails become VendorMessageError.
+
+    A vendor module reads its JSON with plain subscripts and so fails with ValueError (bad JSON, bad base64,
+    bad UTF-8), RecursionError (JSON nested deeper than the interpreter's limit), KeyError (a missing field),
+    TypeError or AttributeError (a field of the wrong type). Anything else is a bug in the module: it propagates.
+    """
+    try:
+        return list(agent.translate(raw))
+    except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
+        raise VendorMessageError(f"{type(exc).__name__}: {str(exc)[:120]}") from None
 
 
 class _Fatal(Exception):
@@ -597,7 +616,8 @@ class WsAgent(Agent):
 
     @abstractmethod
     def translate(self, message: Message) -> Iterable[Action]:
-        """One vendor message into actions. Raise ValueError/KeyError/TypeError on garbage (logged, skipped)."""
+        """One vendor message into actions. Raise ValueError/KeyError/TypeError/AttributeError on garbage (see
+        read_message: logged, counted, skipped)."""
 
     @abstractmethod
     def audio_message(self, data: bytes) -> Message:

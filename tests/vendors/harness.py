@@ -15,6 +15,7 @@ from bridge.call import MediaCore
 from bridge.errors import AgentRefused
 from bridge.media import CallInfo, Codec
 from bridge.sip.transport import SipServer
+from bridge.vendors import ws
 from bridge.vendors.base import (
     Agent,
     AgentAudio,
@@ -129,11 +130,11 @@ async def refusal(agent: Agent, match: str | None = None, secret: str = "") -> s
 
 
 def translated_or_skipped(agent: Any, messages: Iterable[str | bytes]) -> None:
-    """Invariant: any server message is translated, or raises ValueError/KeyError/TypeError (logged, skipped)."""
+    """Invariant: any server message is translated, or raises VendorMessageError (logged, counted, skipped)."""
     for message in messages:
         try:
-            list(agent.translate(message))
-        except (ValueError, KeyError, TypeError):
+            ws.read_message(agent, message)
+        except ws.VendorMessageError:
             pass
 
 

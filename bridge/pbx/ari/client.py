@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from bridge.errors import BridgeError, ParseError
-from bridge.pbx.ari.models import AriEvent, Bridge, Channel, parse_event
+from bridge.pbx.ari.models import AriEvent, Bridge, Channel, parse_event_text
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class AriClient:
                     raise AriError(f"{method} {path}: {resp.status} {detail}", resp.status)
                 log.debug("> %s %s %s -> %d", method, path, _params(params), resp.status)
                 return json.loads(body) if body else None
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:  # ValueError: bad JSON
             raise AriError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
 
     # ---- the calls the adapter makes (channels.json, bridges.json) ------------------------------------------
@@ -236,8 +236,8 @@ class AriClient:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             try:
-                event = parse_event(json.loads(msg.data))
-            except (ParseError, json.JSONDecodeError) as exc:
+                event = parse_event_text(msg.data)
+            except ParseError as exc:
                 log.warning("! ari event dropped: %s", exc)
                 continue
             on_event(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,6 +157,20 @@ _EVENTS: dict[str, Callable[[Mapping[str, Any]], AriEvent]] = {
 }
 
 
+def parse_event_text(text: str | bytes) -> AriEvent:
+    """One websocket TEXT message to a typed event.
+
+    Raises:
+        ParseError: not JSON (a number beyond int()'s 4300 digits, nesting beyond the recursion limit included),
+            or not an event (parse_event).
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ParseError(f"event is not JSON: {type(exc).__name__}") from None
+    return parse_event(data)
+
+
 def parse_event(data: Any) -> AriEvent:
     """One decoded websocket message to a typed event.
 
@@ -169,7 +184,7 @@ def parse_event(data: Any) -> AriEvent:
         return OtherEvent(kind)
     try:
         return parse(obj)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of a JSON 1e999 (infinity)
         raise ParseError(f"{kind}: {exc}") from None
 
 

@@ -78,10 +78,12 @@ def parse_event(text: str) -> Event:
     try:
         match name:
             case "MEDIA_START":
-                variables = fields.pop("channel_variables", None)
+                variables = json.loads(fields.pop("channel_variables", None) or "{}")
+                if not isinstance(variables, dict):
+                    raise ValueError("channel_variables")
                 return MediaStart(fields["connection_id"], fields["channel"], fields["channel_id"], fields["format"],
                                   int(fields["optimal_frame_size"]), int(fields["ptime"]),
-                                  json.loads(variables) if variables else {}, text.startswith("{"))
+                                  {str(k): str(v) for k, v in variables.items()}, text.startswith("{"))
             case "DTMF_END":
                 return DtmfEnd(fields["digit"])
             case "MEDIA_XOFF" | "MEDIA_XON":
@@ -97,8 +99,8 @@ def _fields(text: str) -> dict[str, str]:
     if text.startswith("{"):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise WebSocketProtocolError(f"bad JSON event: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # also int() of 4,300 digits and more, and deep nesting
+            raise WebSocketProtocolError(f"bad JSON event: {type(exc).__name__}") from None
         if not isinstance(data, dict):
             raise WebSocketProtocolError("JSON event is not an object")
         return {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
