@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as profiles
 
 from bridge import config
 
@@ -59,3 +63,12 @@ class UdpPeer(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         _, peer = await loop.create_datagram_endpoint(cls, local_addr=("127.0.0.1", 0))
         return peer
+
+
+# The fuzz tests (tests/test_fuzz.py): a bounded, reproducible run in CI; HYPOTHESIS_PROFILE=fuzz for a longer one.
+profiles.register_profile(
+    "ci", max_examples=150, derandomize=True, database=None, deadline=timedelta(seconds=5),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+profiles.register_profile("fuzz", profiles.get_profile("ci"), max_examples=5000, derandomize=False)
+profiles.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,4 +1,4 @@
-"""`python -m bridge.bench [codec|pacing|vendors|ops|all|capacity] [options]`: print the figures, with the command."""
+"""`python -m bridge.bench [codec|pacing|vendors|ops|all|capacity|fuzz] [options]`: print the figures, with the command."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ def main() -> None:
         from bridge.bench import capacity
 
         capacity.main(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["fuzz"]:  # its own options; needs hypothesis (a test extra)
+        from bridge.bench import fuzz
+
+        fuzz.main(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(prog="python -m bridge.bench")
     parser.add_argument("which", nargs="?", default="all", choices=["codec", "pacing", "vendors", "ops", "all"])
