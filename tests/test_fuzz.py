@@ -134,6 +134,13 @@ def test_openai(case):
     fc.check_openai(case)
 
 
+@given(CASE["grok"].strategy)
+@example([DEEP])  # RecursionError, as above
+def test_grok(case):
+    """Invariant: ws.read_message() turns each xAI Grok server message into actions or raises VendorMessageError."""
+    fc.check_grok(case)
+
+
 @given(CASE["deepgram"].strategy)
 @example([DEEP])  # RecursionError, as above
 def test_deepgram(case):

@@ -1,4 +1,4 @@
-"""`python -m bridge.bench [codec|pacing|vendors|ops|all|capacity|fuzz] [options]`: print the figures, with the command."""
+"""`python -m bridge.bench [codec|pacing|vendors|ops|all|capacity|fuzz] [options]`: print the figures."""
 
 from __future__ import annotations
 

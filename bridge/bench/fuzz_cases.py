@@ -565,7 +565,7 @@ tool_calls = st.fixed_dictionaries({"name": st.sampled_from(("end_call", "transf
 
 @st.composite
 def openai_messages(draw: st.DrawFn) -> str:
-    """An OpenAI Realtime GA server event (vendors.md §1), then corrupted."""
+    """An OpenAI Realtime GA server event (vendors.md §1) or one of xAI's dialect, then corrupted."""
     item = draw(st.sampled_from(("item_1", "item_2")))
     call = draw(tool_calls)
     event = draw(st.sampled_from((
@@ -573,6 +573,9 @@ def openai_messages(draw: st.DrawFn) -> str:
         {"type": "response.created", "response": {"id": "resp_1"}},
         {"type": "response.output_audio.delta", "item_id": item, "delta": draw(b64)},
         {"type": "response.output_audio_transcript.done", "transcript": draw(st.text(max_size=12))},
+        {"type": "response.output_audio_transcript.delta", "item_id": item, "delta": draw(st.text(max_size=8))},
+        {"type": "response.function_call_arguments.done", "call_id": "c1", **call},
+        {"type": "conversation.created", "conversation": {"id": "conv_1"}},
         {"type": "conversation.item.input_audio_transcription.completed", "transcript": draw(st.text(max_size=12))},
         {"type": "input_audio_buffer.speech_started", "audio_start_ms": 100},
         {"type": "response.done", "response": {"id": "resp_1", "status": draw(st.sampled_from(("completed", "failed"))),
@@ -623,7 +626,7 @@ def gemini_messages(draw: st.DrawFn) -> str | bytes:
 
 def _context(vendor: str) -> base.AgentContext:
     settings = dataclasses.replace(config.load(environ={}, dotenv=None), ai_vendor=vendor, openai_api_key="sk-fuzz",
-                                   deepgram_api_key="dg-fuzz", gemini_api_key="gm-fuzz")
+                                   deepgram_api_key="dg-fuzz", gemini_api_key="gm-fuzz", xai_api_key="xai-fuzz")
     logger = logging.getLogger("bridge.fuzz")
     logger.propagate = False  # the vendors log their warnings: thousands of them here
     logger.addHandler(logging.NullHandler())
@@ -653,6 +656,7 @@ def _vendor_check(agent_class: type[ws.WsAgent], vendor: str) -> Callable[[list[
 
 
 check_openai = _vendor_check(OpenAIAgent, "openai")
+check_grok = _vendor_check(OpenAIAgent, "grok")  # the Realtime protocol in xAI's dialect
 check_deepgram = _vendor_check(DeepgramAgent, "deepgram")
 check_gemini = _vendor_check(GeminiAgent, "gemini")
 
@@ -680,6 +684,7 @@ CASES = (
     Case("audiosocket", audiosocket_streams(), check_audiosocket),
     Case("chan-websocket", chan_websocket_events(), check_chan_websocket),
     Case("openai", st.lists(openai_messages(), min_size=1, max_size=6), check_openai),
+    Case("grok", st.lists(openai_messages(), min_size=1, max_size=6), check_grok),
     Case("deepgram", st.lists(deepgram_messages(), min_size=1, max_size=6), check_deepgram),
     Case("gemini", st.lists(gemini_messages(), min_size=1, max_size=6), check_gemini),
 )
