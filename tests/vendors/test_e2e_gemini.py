@@ -124,6 +124,7 @@ async def test_refused_handle_mid_call_goes_on_in_a_fresh_session_with_the_earli
         await conn.drop()
         fresh = await fake.connection(2)
         await player
+        await wait_for(lambda: fresh.turns, 3.0, "the conversation so far")
         said = [(t["role"], t["parts"][0]["text"]) for t in fresh.turns[0]["turns"]]
         assert fresh.resumed_from is None and ("user", "I need a plumber") in said
         await fresh.wait_audio(640)  # the caller is heard by the new session
