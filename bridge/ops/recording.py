@@ -28,7 +28,7 @@ class TwoChannels:
         self.left = bytearray()
         self.right = bytearray()
         self.base = 0  # timeline position (samples) of the first byte still buffered
-        self._anchor: tuple[int, int] | None = None  # (sequence, timeline position) of the last caller packet
+        self._anchor: tuple[int, int, int] | None = None  # (sequence, position, length) of the last caller packet
         self.late = 0  # caller packets that arrived after their place was written out
 
     @property
@@ -47,14 +47,16 @@ class TwoChannels:
         now = self.samples
         pos = now
         if self._anchor is not None:
-            seq0, pos0 = self._anchor
+            seq0, pos0, len0 = self._anchor
             delta = (sequence - seq0) & 0xFFFF
             if delta >= 0x8000:
                 delta -= 0x10000
-            pos = pos0 + delta * len(payload)
+            # right after the previous packet, whatever its length (stream ingresses vary it); gaps and
+            # reordering in units of this packet's length
+            pos = pos0 + len0 + (delta - 1) * len(payload) if delta > 0 else pos0 + delta * len(payload)
             if abs(pos - now) > REANCHOR:
                 pos = now
-        self._anchor = (sequence, pos)
+        self._anchor = (sequence, pos, len(payload))
         at = pos - self.base
         if at < 0:
             self.late += 1

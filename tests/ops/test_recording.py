@@ -53,3 +53,14 @@ def test_a_sequence_jump_reanchors_at_the_current_position():
     ch.close()
     left = b"".join(left for left, _ in out)
     assert left == b"\x10" * 160 + b"\x20" * 160
+
+
+def test_payloads_of_varying_length_in_order_stay_contiguous():
+    out: list[tuple[bytes, bytes]] = []
+    ch = TwoChannels(SIL, lambda left, right: out.append((left, right)))
+    chunks = [b"\x01" * 100, b"\x02" * 220, b"\x03" * 160, b"\x04" * 40]  # a stream ingress's reads
+    for seq, chunk in enumerate(chunks, 1):
+        ch.caller(chunk, seq)
+    ch.heard(b"\x00" * 160 * 4)
+    ch.close()
+    assert b"".join(left for left, _ in out)[:520] == b"".join(chunks)
