@@ -216,7 +216,6 @@ class SendQueue:
         self.wake = asyncio.Event()
         self.unacked: deque[tuple[int, Message]] = deque(maxlen=audio_limit)  # (number, audio) sent, not acked
         self.sent_audio = 0  # audio messages sent so far (numbers them)
-        self.put = 0  # audio messages queued so far
         self.timed: tuple[Message, float] | None = None  # the sampled audio message and when it was queued
 
     def put_control(self, message: Message) -> None:
@@ -230,9 +229,6 @@ class SendQueue:
             if self.timed is not None and dropped is self.timed[0]:
                 self.timed = None
         self.audio.append(message)
-        self.put += 1
-        if self.timed is None and self.put % LATENCY_SAMPLE == 0:
-            self.timed = (message, asyncio.get_running_loop().time())
         self.wake.set()
 
     def sent(self, message: Message) -> None:
@@ -287,6 +283,7 @@ class WsSession:
         self.queue = SendQueue(audio_limit)
         self.reconnects = 0
         self.malformed = 0  # vendor messages dropped because they could not be read
+        self.audio_in = 0  # caller audio messages so far (one in LATENCY_SAMPLE is timed)
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._ws: ClientConnection | None = None
         self._owner: asyncio.Task[None] | None = None
@@ -319,6 +316,9 @@ class WsSession:
     def send_audio(self, message: Message) -> None:
         """Caller audio: written at once when nothing waits before it and the socket takes it (no task wake-up per
         frame); else queued, and when the vendor lags the oldest queued audio is dropped and counted."""
+        self.audio_in += 1
+        sampled = self.audio_in % LATENCY_SAMPLE == 0 and self.queue.timed is None  # one frame a second is timed
+        t0 = asyncio.get_running_loop().time() if sampled else 0.0
         ws = self._direct
         if ws is not None and not self.queue.control and not self.queue.audio and _writable(ws):
             try:
@@ -328,11 +328,18 @@ class WsSession:
                     ws.protocol.send_binary(message)
                 ws.send_data()
             except Exception:  # the state changed under us: the sender's path reports it, the audio waits
-                self.queue.put_audio(message)
+                self._queue_audio(message, sampled, t0)
                 return
             self.queue.sent(message)
+            if sampled:
+                self._events.put_nowait(UplinkLatency(asyncio.get_running_loop().time() - t0))
             return
+        self._queue_audio(message, sampled, t0)
+
+    def _queue_audio(self, message: Message, sampled: bool, t0: float) -> None:
         self.queue.put_audio(message)
+        if sampled:
+            self.queue.timed = (message, t0)  # its latency is reported when the sender sends it
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         """The agent's events, in order; ends after AgentClosed."""
