@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import shutil
 import socket
@@ -123,6 +124,7 @@ class Adapter:
         self.core = MediaCore(self.settings, agent_factory)
         self.tasks: list[asyncio.Task[None]] = []
         self.wired = ingresses(self.settings)
+        self.baseline: tuple[int, int] | None = None
         RecordingEcho.instances.clear()
 
     @property
@@ -135,6 +137,8 @@ class Adapter:
         self.tasks = [asyncio.create_task(fn(self.core, self.settings), name=name) for name, fn in self.wired]
         await wait_until(lambda: self.control.connected.is_set(), 10, "the ESL inbound control logged in")
         await wait_until(self._listening, 5, "the ESL outbound server listens")
+        await asyncio.sleep(0.1)  # the probe connection above is closed and forgotten
+        self.baseline = self.footprint()
         return self
 
     def _listening(self) -> bool:
@@ -150,8 +154,17 @@ class Adapter:
                 await asyncio.wait_for(task, 10)
 
     async def idle(self, timeout: float = 10.0) -> None:
-        """No call, no RTP port in use, no ESL session left."""
+        """No call, no RTP port in use; tasks and open files back to what the idle adapter had."""
         await wait_until(lambda: not self.core.calls and not self.core.ports.in_use, timeout, "the adapter idle")
+        if self.baseline is not None:
+            base = self.baseline
+            await wait_until(lambda: all(n <= b for n, b in zip(self.footprint(), base, strict=True)), timeout,
+                             f"(tasks, files) back to {base} (now {self.footprint()})")
+
+    @staticmethod
+    def footprint() -> tuple[int, int]:
+        """(asyncio tasks, open file descriptors) of this process: ESL sessions, RTP sockets, call tasks."""
+        return len(asyncio.all_tasks()), len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture
@@ -378,6 +391,7 @@ async def test_concurrent_calls_on_each_path(fs: FreeSwitchPeer, adapter: Adapte
     """20 at once on the socket way, then on the bridge way: all answered and echoed, paced, nothing left."""
     low, high = adapter.settings.rtp_port_min, adapter.settings.rtp_port_max
     tap = LoopbackTap(range(low + (low & 1), high + 1, 2)) if LoopbackTap.available() else None  # ours: even
+    adapter.baseline = adapter.footprint()  # the tap's own socket
     pool = ThreadPoolExecutor(CONCURRENT)
     loop = asyncio.get_running_loop()
     try:
@@ -400,8 +414,8 @@ async def test_concurrent_calls_on_each_path(fs: FreeSwitchPeer, adapter: Adapte
             await asyncio.gather(*calls)
             channels = await asyncio.to_thread(fs.channel_count)  # every A leg is answered: all are up
             await fs_idle(fs, 30)
-            await adapter.idle(20)
             counting.cancel()
+            await adapter.idle(20)
             echoes = [echo_of(r) for r in records]
             bad = [str(e) for e in echoes if e.correlation < 0.9]
             delays = np.array([e.delay_ms for e in echoes])
