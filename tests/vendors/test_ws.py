@@ -397,7 +397,7 @@ class TestRunnerSession:
         async with connected() as (peer, agent):
             await peer.live[0].send(json.dumps({"type": "move"}))
             await wait_until(lambda: peer.connections == 2)
-            await wait_until(lambda: peer.close_codes)
+            await wait_until(lambda: peer.close_codes and len(agent.opened) == 2)  # the client learns it last
             assert peer.close_codes == [1000] and agent.opened == [False, True]
             events = await echoed(agent, b"m")
             assert events[-1] == AgentAudio(b"m") and not any(isinstance(e, AgentClosed) for e in events)
