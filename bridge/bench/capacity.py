@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> None:
                            lambda a: a[0].port, args.start, args.max, args.seconds, work, exact)
                 else:
                     _behind_kamailio(path, env, args, work, exact)
-                if args.original is not None and path in ("echo", "openai", "deepgram", "gemini"):
+                if args.original is not None and path == "openai":  # its other vendors' URLs are fixed
                     search("original (py3.12)", path,
                            lambda env=env: [original(args.original, args.original_python, free_port(), env)],
                            lambda a: a[0].port, args.start, args.max, args.seconds, work, exact)
