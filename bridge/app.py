@@ -106,8 +106,22 @@ def describe(settings: Settings) -> list[str]:
     return lines
 
 
+def realtime_priority(priority: int) -> str:
+    """REALTIME_PRIORITY: run this process under SCHED_RR at `priority` (as Asterisk -p and FreeSWITCH -rp do), so
+    that other programs' load on the host cannot delay a tick. Returns the start-up line; never raises."""
+    if not priority:
+        return ""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:  # no CAP_SYS_NICE (or not Linux): run at normal priority
+        return f"WARNING: REALTIME_PRIORITY={priority} not applied ({exc}); running at normal priority"
+    return f"scheduling: SCHED_RR priority {priority} (REALTIME_PRIORITY)"
+
+
 async def serve(settings: Settings, core: MediaCore | None = None) -> None:
     """Run every configured ingress until SIGTERM/SIGINT, then drain."""
+    if line := realtime_priority(settings.realtime_priority):
+        log.info(line)
     core = core or MediaCore(settings)
     ops = Ops(core, settings)
     loop = asyncio.get_running_loop()

@@ -55,6 +55,16 @@ def _at_least_one(v: str) -> int:
     return n
 
 
+def _between(low: int, high: int) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        n = int(v)
+        if not low <= n <= high:
+            raise ValueError(f"expected {low}-{high}, got {v!r}")
+        return n
+
+    return parse
+
+
 def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return lambda v: kind(v) if v.strip() else None
 
@@ -121,6 +131,7 @@ class Settings:
     log_format: str = _env("LOG_FORMAT", "", _choice("json", "text", ""))  # empty: text on a terminal, else json
     event_loop: str = _env("EVENT_LOOP", "auto", _choice("auto", "asyncio", "uvloop"))  # auto: uvloop if installed
     instance: int | None = _env("SIP_TO_AI_INSTANCE", None, _optional(_positive(int)))  # see for_instance()
+    realtime_priority: int = _env("REALTIME_PRIORITY", 0, _between(0, 99))  # SCHED_RR priority; 0: normal
 
     # media core
     rtp_port_min: int = _env("RTP_PORT_MIN", 10000, _port)

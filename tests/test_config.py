@@ -116,3 +116,15 @@ def test_an_instance_number_offsets_the_ports_and_names_its_stasis_app():
         config.load(environ={"SIP_TO_AI_INSTANCE": "-1"}, dotenv=None)
     with pytest.raises(ConfigError, match="^SIP_TO_AI_INSTANCE=9 is not valid: SIP_PORT 65530 "):
         config.load(environ={"SIP_TO_AI_INSTANCE": "9", "SIP_PORT": "65530"}, dotenv=None)
+
+
+def test_realtime_priority_is_applied_or_warned_about():
+    with pytest.raises(ConfigError, match="^REALTIME_PRIORITY='100' is not valid"):
+        config.load(environ={"REALTIME_PRIORITY": "100"}, dotenv=None)
+    code = ("import os; from bridge.app import realtime_priority; line = realtime_priority(7); "
+            "print(os.sched_getscheduler(0) == os.SCHED_RR, os.sched_getparam(0).sched_priority, line)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30).stdout.split(" ", 2)
+    if out[0] == "True":  # allowed here (root or CAP_SYS_NICE)
+        assert out[1] == "7" and out[2].startswith("scheduling: SCHED_RR priority 7")
+    else:
+        assert out[2].startswith("WARNING: REALTIME_PRIORITY=7 not applied")
