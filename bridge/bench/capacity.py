@@ -337,7 +337,8 @@ class Adapter:
 def sip_to_ai(port: int, rtp: tuple[int, int], env: dict[str, str]) -> Adapter:
     """This project's adapter: `python -m bridge serve` with SIP on `port`."""
     base = {"SIP_PORT": str(port), "SIP_DOMAIN": "127.0.0.1", "RTP_PORT_MIN": str(rtp[0]), "RTP_PORT_MAX": str(rtp[1]),
-            "MAX_CALLS": "2000", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text", "SHUTDOWN_DRAIN_SEC": "0"}
+            "MAX_CALLS": "2000", "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text", "SHUTDOWN_DRAIN_SEC": "0",
+            "ADMIN_LISTEN": f"127.0.0.1:{free_port()}"}
     return Adapter([sys.executable, "-m", "bridge", "serve"], {**base, **env}, port)
 
 
