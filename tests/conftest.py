@@ -67,7 +67,7 @@ class UdpPeer(asyncio.DatagramProtocol):
 
 # The fuzz tests (tests/test_fuzz.py): a bounded, reproducible run in CI; HYPOTHESIS_PROFILE=fuzz for a longer one.
 profiles.register_profile(
-    "ci", max_examples=150, derandomize=True, database=None, deadline=timedelta(seconds=5),
+    "ci", max_examples=100, derandomize=True, database=None, deadline=timedelta(seconds=5),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
 profiles.register_profile("fuzz", profiles.get_profile("ci"), max_examples=5000, derandomize=False)

@@ -3,7 +3,7 @@
 Common to all: whatever a peer sends, the parser parses it into values within their wire ranges, or raises its
 module's own error type (which the caller counts and drops); never any other exception, never a hang (the
 profile's deadline), never more memory than fuzz_cases.MEMORY_FACTOR x input + MEMORY_SLACK (tracemalloc).
-The CI profile (tests/conftest.py) runs a bounded, derandomized number of examples; `python -m bridge.bench fuzz`
+The CI profile (tests/conftest.py) runs a bounded, derandomized number of examples (100); `python -m bridge.bench fuzz`
 runs 100,000 and more per parser. Each @example is a bug the fuzzer found, kept as a regression.
 """
 
@@ -153,3 +153,19 @@ def test_deepgram(case):
 def test_gemini(case):
     """Invariant: ws.read_message() turns each Gemini server message into actions or raises VendorMessageError."""
     fc.check_gemini(case)
+
+
+def test_the_bench_prints_a_rate_per_parser_and_the_failure_it_finds(capsys):
+    """`python -m bridge.bench fuzz`: one row per parser with its rate; a failing check is reported, shrunk."""
+    from hypothesis import strategies as st
+
+    from bridge.bench import fuzz
+
+    try:
+        fuzz.main(["--examples", "20", "--only", "rfc4733,rtp", "--seed", "1"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [r[:2] for r in rows if r and r[0] in ("rfc4733", "rtp")] == [["rtp", "20"], ["rfc4733", "20"]]
+    count, seconds, failure = fuzz._fuzz(st.binary(), lambda data: 1 // (len(data) - 3), 500, 1)
+    assert failure is not None and failure.startswith("ZeroDivisionError") and "b'\\x00\\x00\\x00'" in failure

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 
@@ -63,7 +64,8 @@ def _fuzz(strategy: Any, check: Callable[[Any], None], examples: int, seed: int 
         count += 1
         check(example)
 
-    test = settings(max_examples=examples, database=None, deadline=None, phases=[Phase.generate, Phase.shrink],
+    test = settings(max_examples=examples, database=None, deadline=timedelta(seconds=5),  # a hang fails the parser
+                    phases=[Phase.generate, Phase.shrink],
                     suppress_health_check=list(HealthCheck), report_multiple_bugs=False)(given(strategy)(run))
     if seed is not None:
         test = with_seed(seed)(test)

@@ -242,7 +242,8 @@ def check_sip_uas(case: tuple[bytes, bool]) -> None:
     it queues goes to a port within 1-65535 (asyncio's sendto raises on any other, losing the batch)."""
     data, stream = case
     uas = Uas(UasConfig("127.0.0.1", 5060, "TCP" if stream else "UDP"))
-    uas.receive(data, ("127.0.0.1", 5062), 0.0, reliable=stream)
+    with bounded(len(data)):
+        uas.receive(data, ("127.0.0.1", 5062), 0.0, reliable=stream)
     uas.handle_timer(64.0)
     for _, (host, port) in uas.datagrams():
         assert isinstance(host, str) and 0 < port <= 65535, (host, port)
@@ -545,7 +546,8 @@ def check_audiosocket(chunks: list[bytes]) -> None:
     parser = audiosocket.AudioSocketParser()
     for chunk in chunks:
         try:
-            messages = parser.feed(chunk)
+            with bounded(len(chunk)):
+                messages = parser.feed(chunk)
         except audiosocket.AudioSocketError:
             return
         assert len(parser._buf) < audiosocket.HEADER.size + audiosocket.MAX_PAYLOAD

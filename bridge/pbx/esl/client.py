@@ -21,7 +21,8 @@ class EslConnection:
     """Commands are answered in the order they were sent (mod_event_socket handles one at a time per socket).
 
     `on_event` gets each event, `on_notice` each other unsolicited message (auth/request, disconnect-notice,
-    rude-rejection). `closed` is set once the stream ended, failed to parse, or was closed by us.
+    rude-rejection). `closed` is set once the stream ended, failed to parse, or was closed by us; an event whose
+    own serialisation is malformed is counted and dropped (the framing around it still holds).
     """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -34,6 +35,7 @@ class EslConnection:
         self.parser = esl.EslParser()
         self.closed = asyncio.Event()
         self.close_reason = ""
+        self.bad_events = 0  # text/event-plain messages whose event did not parse: dropped
         self._waiting: collections.deque[asyncio.Future[EslMessage]] = collections.deque()
 
     @property
@@ -66,7 +68,13 @@ class EslConnection:
             if not future.done():
                 future.set_result(message)
         elif message.content_type == esl.CONTENT_EVENT_PLAIN:
-            self.on_event(message.event())  # type: ignore[arg-type]
+            try:
+                event = message.event()
+            except EslProtocolError as exc:  # the stream is still framed: only this event is lost
+                self.bad_events += 1
+                log.warning("! esl %s:%d event dropped: %s (%d so far)", *self.peer, exc, self.bad_events)
+                return
+            self.on_event(event)  # type: ignore[arg-type]
         else:
             self.on_notice(message)
 

@@ -90,6 +90,22 @@ async def test_timeout_then_the_late_reply_is_not_taken_for_the_next():
         assert (await conn.command(esl.myevents())).reply_text == "+OK second"
 
 
+async def test_a_malformed_event_is_dropped_and_the_connection_goes_on():
+    async def peer(reader, writer):
+        await read_command(reader)
+        body = b"Event-Name: DTMF\nContent-Length: 99\n\nshort"  # framed right, its own body cut short
+        writer.write(b"Content-Type: text/event-plain\nContent-Length: %d\n\n%s" % (len(body), body))
+        writer.write(event_plain([("Event-Name", "CHANNEL_HANGUP")]))
+        writer.write(command_reply("+OK still here"))
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    async with pair(peer) as (conn, events, _):
+        assert (await conn.command(esl.myevents())).reply_text == "+OK still here"
+        assert [e.name for e in events] == ["CHANNEL_HANGUP"] and conn.bad_events == 1
+        assert not conn.closed.is_set()
+
+
 async def test_garbage_closes_the_connection_and_notices_pass_through():
     async def peer(reader, writer):
         writer.write(b"Content-Type: auth/request\n\n")
