@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 TRANSFER_GRACE = 10.0  # seconds we wait for the peer's BYE after a REFER it accepted, before our own BYE
 MAX_STREAM_BUFFER = 2 * MAX_MESSAGE  # bytes a TCP peer may have buffered without completing a message
+MAX_STREAMS = 256  # SIP/TCP connections at once; PBXs and proxies hold a few each, beyond is a flood
+MESSAGE_TIMEOUT = 32.0  # seconds (64 x T1) for a new connection's first message, and for any message begun
 
 
 class SipServer:
@@ -46,6 +48,8 @@ class SipServer:
         self.uas: Uas | None = None
         self.address: Address = (settings.sip_domain, settings.sip_port)
         self.denied = 0
+        self.streams_refused = 0  # SIP/TCP connections closed at once: MAX_STREAMS open already
+        self.streams_timed_out = 0  # closed because a message did not complete within MESSAGE_TIMEOUT
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._streams: dict[Address, asyncio.Transport] = {}
@@ -334,13 +338,19 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    """A TCP connection: messages framed by Content-Length (§18.3); responses go back on it."""
+    """A TCP connection: messages framed by Content-Length (§18.3); responses go back on it.
+
+    At most MAX_STREAMS at once. A connection must send its first message, and finish any message it begins,
+    within MESSAGE_TIMEOUT: a half-open or trickling peer is closed. One that has sent SIP and then idles is
+    kept, as RFC 3261 §18.3 leaves closing to the side that opened it (a PBX keeps its trunk connection up).
+    """
 
     def __init__(self, server: SipServer) -> None:
         self.server = server
         self.buffer = bytearray()
         self.peer: Address = ("", 0)
         self.transport: asyncio.Transport | None = None
+        self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -352,18 +362,43 @@ class _Stream(asyncio.Protocol):
             self.server.denied += 1
             transport.close()
             return
+        if len(self.server._streams) >= MAX_STREAMS:
+            self.server.streams_refused += 1
+            log.debug("! SIP/TCP from %s:%d closed: %d connections open already", *self.peer, MAX_STREAMS)
+            transport.close()
+            return
         self.server._streams[self.peer] = self.transport  # type: ignore[assignment]
+        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
         if self.server._streams.get(self.peer) is self.transport:
             del self.server._streams[self.peer]
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
         self.buffer += data
         while (message := self._next_message()) is not None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
             self.server.feed(message, self.peer, reliable=True)
-        if len(self.buffer) > MAX_STREAM_BUFFER and self.transport is not None:
+        if len(self.buffer) > MAX_STREAM_BUFFER:
             self.transport.close()  # no message boundary in sight: not SIP, or an attack
+        elif self.buffer and self.deadline is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        self.deadline = asyncio.get_running_loop().call_later(MESSAGE_TIMEOUT, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.server.streams_timed_out += 1
+            log.info("! SIP/TCP from %s:%d closed: no complete message within %g s", *self.peer, MESSAGE_TIMEOUT)
+            self.transport.close()
 
     def _next_message(self) -> bytes | None:
         while self.buffer[:2] == b"\r\n":  # keep-alive CRLFs (RFC 5626 §3.5.1)
