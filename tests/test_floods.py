@@ -9,7 +9,7 @@ live call's interval error p99, memory before and after) are printed, not assert
 Slow clients: half-open and trickling SIP/TCP connections are closed after MESSAGE_TIMEOUT (shortened here by
 launching `serve` with the module constant set), connections beyond MAX_STREAMS are closed at once, a
 connection that spoke SIP stays; an ESL connection that never answers `connect` is closed after the command
-timeout. (The admin endpoint, aiohttp, has no timeout for a request that never completes: not covered.)
+timeout; the admin endpoint closes idle and trickling connections after its IDLE_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import pytest
 
 from bridge.bench import capacity
 from bridge.bench.capacity import Adapter, BenchCall
+from bridge.ops import admin
 from bridge.pbx.esl.client import COMMAND_TIMEOUT
 from bridge.sip.message import Response, parse
 from tests.ops.harness import until
@@ -238,6 +239,9 @@ async def test_slow_and_idle_connections_are_bounded_and_timed_out(adapter: tupl
     trickler = await asyncio.open_connection("127.0.0.1", ports["sip"])
     extra = [await asyncio.open_connection("127.0.0.1", ports["sip"]) for _ in range(5)]
     esl = await asyncio.open_connection("127.0.0.1", ports["esl"])
+    admin_idle = await asyncio.open_connection("127.0.0.1", ports["admin"])
+    admin_slow = await asyncio.open_connection("127.0.0.1", ports["admin"])
+    admin_slow[1].write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
     start = time.monotonic()
 
     async def trickle() -> None:
@@ -253,10 +257,12 @@ async def test_slow_and_idle_connections_are_bounded_and_timed_out(adapter: tupl
         assert await _closed_within(trickler[0], 2.0)
         assert MESSAGE_TIMEOUT - 0.5 < time.monotonic() - start < MESSAGE_TIMEOUT + 3
         assert (await options_over(*talker)).startswith(b"SIP/2.0 200")  # spoke SIP: kept past the timeout
-        assert await _closed_within(esl[0], COMMAND_TIMEOUT + 3)  # got "connect", never answered
+        assert all(await asyncio.gather(_closed_within(esl[0], COMMAND_TIMEOUT + 3),  # got "connect", no reply
+                                        _closed_within(admin_idle[0], admin.IDLE_TIMEOUT + 3),
+                                        _closed_within(admin_slow[0], admin.IDLE_TIMEOUT + 3)))
 
     finally:
         trickling.cancel()
-        for _, w in [talker, *half_open, trickler, *extra, esl]:
+        for _, w in [talker, *half_open, trickler, *extra, esl, admin_idle, admin_slow]:
             w.close()
     await until(lambda: len(os.listdir(f"/proc/{a.proc.pid}/fd")) <= fds0, 5.0)  # type: ignore[union-attr]

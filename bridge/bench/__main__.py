@@ -1,4 +1,4 @@
-"""`python -m bridge.bench [codec|pacing|vendors|ops|all|capacity|fuzz] [options]`: print the figures."""
+"""`python -m bridge.bench [codec|pacing|vendors|ops|all|capacity|soak|fuzz] [options]`: print the figures."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ import sys
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["capacity"]:  # its own processes and options
-        from bridge.bench import capacity
-
-        capacity.main(sys.argv[2:])
-        return
-    if sys.argv[1:2] == ["fuzz"]:  # its own options; needs hypothesis (a test extra)
-        from bridge.bench import fuzz
-
-        fuzz.main(sys.argv[2:])
+    if sys.argv[1:2] in (["capacity"], ["soak"], ["fuzz"]):  # their own processes and options (fuzz: hypothesis)
+        importlib.import_module(f"bridge.bench.{sys.argv[1]}").main(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(prog="python -m bridge.bench")
     parser.add_argument("which", nargs="?", default="all", choices=["codec", "pacing", "vendors", "ops", "all"])

@@ -16,6 +16,8 @@ from bridge.ops.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
+IDLE_TIMEOUT = 10.0  # seconds a connection may go without completing a request (aiohttp's default: an hour)
+
 
 def admin_app(exposition: Callable[[], bytes], not_ready: Callable[[], str | None]) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
@@ -40,7 +42,8 @@ def admin_app(exposition: Callable[[], bytes], not_ready: Callable[[], str | Non
 async def serve_admin(app: web.Application, host: str, port: int,
                       started: Callable[[tuple[str, int]], None] | None = None) -> None:
     """Serve `app` on host:port until cancelled. `started` gets the bound address (port 0 picks one)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                           keepalive_timeout=IDLE_TIMEOUT)  # idle, half-open and trickling clients closed
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -10,6 +10,7 @@ Labels are of bounded cardinality only: ingress, vendor, outcome, direction, rea
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -172,6 +173,9 @@ class CoreCollector:
         ready = GaugeMetricFamily("sip_to_ai_ready", "1 when a new call would be taken (as /ready)")
         ready.add_metric([], 0 if self.core.not_ready() else 1)
         yield ready
+        tasks = GaugeMetricFamily("sip_to_ai_asyncio_tasks", "asyncio tasks alive in the adapter (leak watch)")
+        tasks.add_metric([], len(asyncio.all_tasks()))
+        yield tasks
         links = GaugeMetricFamily("sip_to_ai_control_link_up", "Configured PBX control links (ARI, ESL inbound)",
                                   labels=["link"])
         for name, up in sorted(self.core.links.items()):

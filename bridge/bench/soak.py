@@ -1,0 +1,253 @@
+"""A sped-up hour of calls, and what it leaves behind: `python -m bridge.bench soak --minutes 60 --speed 10`.
+
+One adapter process (`sip-to-ai serve`) per vendor path, each with its fake vendor in its own process (as the
+capacity bench runs them: the fakes speak their vendors' wire protocols on loopback, the agent talks back every
+few seconds). SIP callers keep arriving (Poisson) and hanging up (exponential hold times) while sending 20 ms
+G.711 frames. `--speed` compresses the clock: at `--speed 10` the arrivals of `--minutes` of real traffic, and
+each call's duration, come 10 times faster, so `--minutes 60 --speed 10` runs 6 minutes of wall time with the
+same number of calls, overlapping as much as in real time.
+
+Every few seconds each adapter is sampled: resident memory and open file descriptors (/proc/<pid>), asyncio
+tasks (`sip_to_ai_asyncio_tasks` on its admin endpoint), bound RTP ports (its UDP sockets in its RTP range) and
+live calls. At the end, with every call over, it prints the curves and the verdict: memory flat (the last
+quarter's mean within `--flat-mb` of the first quarter's), FDs, tasks and RTP ports back at their baseline
+(the sample before the first call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bridge.bench.capacity import (
+    FRAME,
+    Adapter,
+    BenchCall,
+    free_port,
+    sip_to_ai,
+    vendor_env,
+    vendor_process,
+    wait_sip,
+)
+from bridge.codec import g711
+from bridge.media import Codec
+
+RATE_PER_MINUTE = 6.0  # real-time call arrivals per adapter
+MEAN_SECONDS = 60.0  # real-time mean call duration (exponential, at least MIN_SECONDS)
+MIN_SECONDS = 10.0
+RTP_SPAN = 200  # RTP ports per adapter
+MB = 1 << 20
+SETTLE = 10  # seconds after the last call for FDs, tasks and ports to come back before it counts as a leak
+
+
+@dataclass
+class Sample:
+    t: float
+    rss: int
+    fds: int
+    tasks: int
+    rtp_ports: int
+    calls: int
+
+
+@dataclass
+class Path_:
+    """One vendor path: its adapter, what it was asked and how it answered, and its samples."""
+
+    vendor: str
+    adapter: Adapter
+    admin: int
+    rtp: tuple[int, int]
+    placed: int = 0
+    answered: int = 0
+    failed: int = 0
+    samples: list[Sample] = field(default_factory=list)
+    baseline: Sample | None = None  # before the first call
+    fd_targets: list[str] = field(default_factory=list)  # at baseline, to name what an FD leak holds
+
+    def fd_links(self) -> list[str]:
+        out = []
+        for fd in Path(f"/proc/{self.adapter.proc.pid}/fd").iterdir():  # type: ignore[union-attr]
+            with contextlib.suppress(OSError):
+                out.append(str(fd.readlink()))
+        return out
+
+    def sample(self, t: float) -> Sample:
+        pid = self.adapter.proc.pid  # type: ignore[union-attr]
+        fds, ports = len(list(Path(f"/proc/{pid}/fd").iterdir())), rtp_ports(pid, self.rtp)  # before the scrape's own
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5).read().decode()
+        tasks = int(float(re.search(r"^sip_to_ai_asyncio_tasks (\S+)", metrics, re.M).group(1)))  # type: ignore[union-attr]
+        calls = sum(float(v) for v in re.findall(r"^sip_to_ai_calls_active\{[^}]*\} (\S+)", metrics, re.M))
+        s = Sample(t, self.adapter.rss_bytes(), fds, tasks, ports, int(calls))
+        self.samples.append(s)
+        return s
+
+
+def rtp_ports(pid: int, span: tuple[int, int]) -> int:
+    """UDP sockets of `pid` bound to a port in `span` (inodes of its fds matched in /proc/<pid>/net/udp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := fd.readlink().name).startswith("socket:["):
+                inodes.add(target[8:-1])
+    n = 0
+    for line in Path(f"/proc/{pid}/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        port = int(fields[1].rsplit(":", 1)[1], 16)
+        n += span[0] <= port <= span[1] and fields[9] in inodes
+    return n
+
+
+async def one_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
+    c = BenchCall(f"sip:soak@127.0.0.1:{path.adapter.port}", "127.0.0.1")
+    path.placed += 1
+    await c.open()
+    try:
+        if not await c.invite():
+            path.failed += 1
+            return
+        path.answered += 1
+        listening = asyncio.create_task(c.listen())
+        loop = asyncio.get_running_loop()
+        t0, k = loop.time(), 0
+        while k * FRAME < seconds and not c.hung_up.is_set():
+            await asyncio.sleep(max(0.0, t0 + k * FRAME - loop.time()))
+            header = bytes([0x80, c.pt | (0x80 if k == 0 else 0)]) + (k & 0xFFFF).to_bytes(2, "big") + \
+                ((k * 160) & 0xFFFFFFFF).to_bytes(4, "big") + c.ssrc.to_bytes(4, "big")
+            c.rtp.transport.sendto(header + payloads[k % len(payloads)], c.remote_rtp)  # type: ignore[union-attr,arg-type]
+            k += 1
+        listening.cancel()
+        if not c.hung_up.is_set():
+            await c.bye()
+    finally:
+        c.close()
+
+
+async def traffic(paths: list[Path_], wall: float, speed: float, every: float) -> None:
+    """Calls arriving on every path for `wall` seconds, sampling all the while; then until every call is over."""
+    rng = random.Random(16)
+    pcm = np.random.default_rng(16).normal(0, 3000, 8000).clip(-32767, 32767).astype(np.int16)
+    payloads = [g711.encode(Codec.PCMU, pcm[i:i + 160]) for i in range(0, 8000, 160)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    calls: set[asyncio.Task[None]] = set()
+
+    async def arrivals(path: Path_) -> None:
+        while True:
+            await asyncio.sleep(rng.expovariate(RATE_PER_MINUTE * speed / 60))
+            if loop.time() - start >= wall:
+                return
+            seconds = max(MIN_SECONDS, rng.expovariate(1 / MEAN_SECONDS)) / speed
+            task = asyncio.create_task(one_call(path, seconds, payloads))
+            calls.add(task)
+            task.add_done_callback(calls.discard)
+
+    async def sampling() -> None:
+        next_at = start
+        while True:
+            next_at += every
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            for p in paths:
+                await asyncio.to_thread(p.sample, loop.time() - start)
+
+    sampler = asyncio.create_task(sampling())
+    await asyncio.gather(*(arrivals(p) for p in paths))
+    while calls:
+        await asyncio.wait(set(calls))
+    sampler.cancel()
+    for _ in range(SETTLE):  # the adapters release what the last calls held (vendor sockets close in the background)
+        await asyncio.sleep(1.0)
+        ends = [await asyncio.to_thread(p.sample, loop.time() - start) for p in paths]
+        if all(at_baseline(p.baseline, e) for p, e in zip(paths, ends, strict=True)):  # type: ignore[arg-type]
+            break
+
+
+def at_baseline(baseline: Sample, end: Sample) -> bool:
+    return (end.fds <= baseline.fds and end.tasks <= baseline.tasks and end.rtp_ports <= baseline.rtp_ports
+            and end.calls == 0)
+
+
+def report(p: Path_, flat_mb: float) -> bool:
+    s, baseline = p.samples, p.baseline
+    assert baseline is not None
+    quarter = max(1, len(s) // 4)
+    first = float(np.mean([x.rss for x in s[:quarter]])) / MB
+    last = float(np.mean([x.rss for x in s[-quarter:]])) / MB
+    end = s[-1]
+    print(f"\n[{p.vendor}] calls placed {p.placed}, answered {p.answered}, failed {p.failed}")
+    print("   t(s)  rss(MB)   fds  tasks  rtp  calls")
+    step = max(1, len(s) // 12)
+    for x in [baseline, *s[::step], end]:
+        print(f"{x.t:7.0f}  {x.rss / MB:7.1f}  {x.fds:4d}  {x.tasks:5d}  {x.rtp_ports:3d}  {x.calls:5d}")
+    ok = last - first <= flat_mb and at_baseline(baseline, end) and p.failed == 0
+    print(f"   memory first quarter {first:.1f} MB, last quarter {last:.1f} MB ({last - first:+.1f}); "
+          f"fds {baseline.fds} -> {end.fds}; tasks {baseline.tasks} -> {end.tasks}; "
+          f"rtp ports {baseline.rtp_ports} -> {end.rtp_ports}: {'PASS' if ok else 'FAIL'}")
+    if end.fds > baseline.fds:
+        extra = list(p.fd_links())
+        for target in p.fd_targets:
+            with contextlib.suppress(ValueError):
+                extra.remove(target)
+        print(f"   fds held beyond the baseline: {', '.join(extra)}")
+    return ok
+
+
+def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb: float) -> bool:
+    """The soak; True when every path passed."""
+    wall = minutes * 60 / speed
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
+        paths = []
+        for vendor in vendors:
+            url = stack.enter_context(vendor_process(vendor))
+            rtp0 = free_port(RTP_SPAN)
+            admin = free_port()
+            adapter = sip_to_ai(free_port(), (rtp0, rtp0 + RTP_SPAN - 1),
+                                {**vendor_env(vendor, url), "ADMIN_LISTEN": f"127.0.0.1:{admin}", "MAX_CALLS": "100"})
+            adapter.start(work / f"{vendor}.log")
+            stack.callback(adapter.stop)
+            paths.append(Path_(vendor, adapter, admin, (rtp0, rtp0 + RTP_SPAN - 1)))
+        for p in paths:
+            asyncio.run(wait_sip(p.adapter.port))
+        time.sleep(1.0)
+        for p in paths:
+            p.baseline, p.fd_targets = p.sample(0.0), p.fd_links()
+            p.samples.clear()
+        load0 = Path("/proc/loadavg").read_text().split()[:3]
+        asyncio.run(traffic(paths, wall, speed, every))
+        load1 = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"# loadavg at start {' '.join(load0)}, at end {' '.join(load1)}")
+        ok = all([report(p, flat_mb) for p in paths])
+        for p in paths:
+            if p.failed or not ok:
+                print(f"   ({p.vendor} adapter log: {work / (p.vendor + '.log')}, last lines:)")
+                print("   " + "\n   ".join((work / f"{p.vendor}.log").read_text().splitlines()[-5:]))
+        return ok
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bridge.bench soak", description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=60.0, help="minutes of real-time traffic to replay")
+    parser.add_argument("--speed", type=float, default=10.0,
+                        help="time compression: call arrivals and durations come this many times faster "
+                             "(--minutes 60 --speed 10 = 6 minutes of wall time, the same calls and overlap)")
+    parser.add_argument("--vendors", default="echo,openai,deepgram,gemini", help="vendor paths, one adapter each")
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
+    parser.add_argument("--flat-mb", type=float, default=5.0, help="allowed last-minus-first-quarter memory growth")
+    args = parser.parse_args(argv)
+    print("$ python -m bridge.bench soak " + " ".join(argv if argv is not None else sys.argv[2:]))
+    print(f"# per adapter: {RATE_PER_MINUTE:g} calls/min, mean {MEAN_SECONDS:g} s (real time), x{args.speed:g}; "
+          f"{args.minutes * 60 / args.speed:.0f} s of wall time")
+    if not run(args.minutes, args.speed, args.vendors.split(","), args.every, args.flat_mb):
+        sys.exit(1)

@@ -1,0 +1,15 @@
+"""The soak bench, short: calls arriving and ending on the echo and OpenAI paths for ~15 s of wall time, then
+every adapter's FDs, asyncio tasks and RTP ports back at their baseline (the full hour: README, Benchmarks)."""
+
+from __future__ import annotations
+
+from bridge.bench import soak
+
+
+def test_a_short_soak_leaves_nothing_behind(capsys):
+    ok = soak.run(minutes=3, speed=12, vendors=["echo", "openai"], every=2.0, flat_mb=20.0)
+    out = capsys.readouterr().out
+    print(out)
+    assert "[echo] calls placed" in out and "[openai] calls placed" in out
+    assert " answered 0," not in out  # calls were carried, not only refused
+    assert ok
