@@ -181,7 +181,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionClosed):
         frame = exc.rcvd
         if frame is None:
-            return "connection lost"
+            ours = exc.sent  # we failed the connection (1009: a message beyond max_size, refused from its header)
+            return f"connection failed by us ({ours.code}: {ours.reason})" if ours is not None and ours.code != 1000 \
+                else "connection lost"
         return f"closed {frame.code}" + (f": {frame.reason}" if frame.reason else "")
     if isinstance(exc, TimeoutError):
         return "timed out"
