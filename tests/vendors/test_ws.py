@@ -95,6 +95,9 @@ class TestDescribe:
         assert describe(closed(1007, "Request contains an invalid argument.")) == (
             "closed 1007: Request contains an invalid argument.")
         assert describe(closed(None)) == "connection lost"
+        too_big = ConnectionClosed(None, Close(1009, "frame with 52428863 bytes exceeds limit of 16777216 bytes"))
+        assert describe(too_big) == (
+            "connection failed by us (1009: frame with 52428863 bytes exceeds limit of 16777216 bytes)")
 
     def test_redact(self):
         assert redact(f"bad key {SECRET}!", [SECRET, ""]) == "bad key ***!"
