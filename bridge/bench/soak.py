@@ -68,10 +68,12 @@ class Path_:
     vendor: str
     adapter: Adapter
     admin: int
+    esl: int  # its ESL_LISTEN port
     rtp: tuple[int, int]
     placed: int = 0
     answered: int = 0
     failed: int = 0
+    esl_answered: int = 0
     samples: list[Sample] = field(default_factory=list)
     baseline: Sample | None = None  # before the first call
     fd_targets: list[str] = field(default_factory=list)  # at baseline, to name what an FD leak holds
@@ -109,6 +111,30 @@ def rtp_ports(pid: int, span: tuple[int, int]) -> int:
     return n
 
 
+async def esl_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
+    """One FreeSWITCH channel handed over by `socket ... async full`: the fake FreeSWITCH of tests/fakes (run from
+    a checkout, as the vendor fakes are), which speaks ESL and unicast media as mod_event_socket does."""
+    from tests.fakes.esl import FakeSocketApp
+
+    path.placed += 1
+    frames = payloads * int(seconds / FRAME / len(payloads) + 1)
+    async with FakeSocketApp(("127.0.0.1", path.esl), frames=frames) as fs:
+        try:
+            async with asyncio.timeout(10):
+                while fs.media is None or not fs.media.received:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            path.failed += 1
+            return
+        path.answered += 1
+        path.esl_answered += 1
+        await asyncio.sleep(seconds)
+        await fs.hangup()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await fs.adapter_closed.wait()
+
+
 async def one_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
     c = BenchCall(f"sip:soak@127.0.0.1:{path.adapter.port}", "127.0.0.1")
     path.placed += 1
@@ -134,7 +160,7 @@ async def one_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
         c.close()
 
 
-async def traffic(paths: list[Path_], wall: float, speed: float, every: float) -> None:
+async def traffic(paths: list[Path_], wall: float, speed: float, every: float, esl: bool) -> None:
     """Calls arriving on every path for `wall` seconds, sampling all the while; then until every call is over."""
     rng = random.Random(16)
     pcm = np.random.default_rng(16).normal(0, 3000, 8000).clip(-32767, 32767).astype(np.int16)
@@ -149,7 +175,8 @@ async def traffic(paths: list[Path_], wall: float, speed: float, every: float) -
             if loop.time() - start >= wall:
                 return
             seconds = max(MIN_SECONDS, rng.expovariate(1 / MEAN_SECONDS)) / speed
-            task = asyncio.create_task(one_call(path, seconds, payloads))
+            place = esl_call if esl and rng.random() < 1 / 3 else one_call  # a third of the calls by ESL
+            task = asyncio.create_task(place(path, seconds, payloads))
             calls.add(task)
             task.add_done_callback(calls.discard)
 
@@ -185,7 +212,8 @@ def report(p: Path_, flat_mb: float) -> bool:
     first = float(np.mean([x.rss for x in s[:quarter]])) / MB
     last = float(np.mean([x.rss for x in s[-quarter:]])) / MB
     end = s[-1]
-    print(f"\n[{p.vendor}] calls placed {p.placed}, answered {p.answered}, failed {p.failed}")
+    print(f"\n[{p.vendor}] calls placed {p.placed}, answered {p.answered} ({p.answered - p.esl_answered} SIP, "
+          f"{p.esl_answered} ESL), failed {p.failed}")
     print("   t(s)  rss(MB)   fds  tasks  rtp  calls")
     step = max(1, len(s) // 12)
     for x in [baseline, *s[::step], end]:
@@ -203,7 +231,8 @@ def report(p: Path_, flat_mb: float) -> bool:
     return ok
 
 
-def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb: float) -> bool:
+def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb: float,
+        ingresses: tuple[str, ...] = ("sip", "esl")) -> bool:
     """The soak; True when every path passed."""
     wall = minutes * 60 / speed
     with contextlib.ExitStack() as stack:
@@ -212,12 +241,13 @@ def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb:
         for vendor in vendors:
             url = stack.enter_context(vendor_process(vendor))
             rtp0 = free_port(RTP_SPAN)
-            admin = free_port()
+            admin, esl = free_port(), free_port()
             adapter = sip_to_ai(free_port(), (rtp0, rtp0 + RTP_SPAN - 1),
-                                {**vendor_env(vendor, url), "ADMIN_LISTEN": f"127.0.0.1:{admin}", "MAX_CALLS": "100"})
+                                {**vendor_env(vendor, url), "ADMIN_LISTEN": f"127.0.0.1:{admin}", "MAX_CALLS": "100",
+                                 "ESL_LISTEN": f"127.0.0.1:{esl}"})
             adapter.start(work / f"{vendor}.log")
             stack.callback(adapter.stop)
-            paths.append(Path_(vendor, adapter, admin, (rtp0, rtp0 + RTP_SPAN - 1)))
+            paths.append(Path_(vendor, adapter, admin, esl, (rtp0, rtp0 + RTP_SPAN - 1)))
         for p in paths:
             asyncio.run(wait_sip(p.adapter.port))
         time.sleep(1.0)
@@ -225,7 +255,7 @@ def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb:
             p.baseline, p.fd_targets = p.sample(0.0), p.fd_links()
             p.samples.clear()
         load0 = Path("/proc/loadavg").read_text().split()[:3]
-        asyncio.run(traffic(paths, wall, speed, every))
+        asyncio.run(traffic(paths, wall, speed, every, "esl" in ingresses))
         load1 = Path("/proc/loadavg").read_text().split()[:3]
         print(f"# loadavg at start {' '.join(load0)}, at end {' '.join(load1)}")
         ok = all([report(p, flat_mb) for p in paths])
@@ -243,11 +273,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="time compression: call arrivals and durations come this many times faster "
                              "(--minutes 60 --speed 10 = 6 minutes of wall time, the same calls and overlap)")
     parser.add_argument("--vendors", default="echo,openai,deepgram,gemini", help="vendor paths, one adapter each")
+    parser.add_argument("--ingress", default="sip,esl", help="sip, esl (a third of the calls, fake FreeSWITCH)")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--flat-mb", type=float, default=5.0, help="allowed last-minus-first-quarter memory growth")
     args = parser.parse_args(argv)
     print("$ python -m bridge.bench soak " + " ".join(argv if argv is not None else sys.argv[2:]))
     print(f"# per adapter: {RATE_PER_MINUTE:g} calls/min, mean {MEAN_SECONDS:g} s (real time), x{args.speed:g}; "
           f"{args.minutes * 60 / args.speed:.0f} s of wall time")
-    if not run(args.minutes, args.speed, args.vendors.split(","), args.every, args.flat_mb):
+    if not run(args.minutes, args.speed, args.vendors.split(","), args.every, args.flat_mb,
+               tuple(args.ingress.split(","))):
         sys.exit(1)
