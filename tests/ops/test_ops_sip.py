@@ -41,6 +41,7 @@ async def test_the_exposition_counts_the_calls_and_packets_made():
     assert ticks == sample(m, "sip_to_ai_send_lateness_seconds_bucket", le="+Inf")
     assert sample(m, "sip_to_ai_rtp_dropped_total", reason="malformed") == 0
     assert ("process_cpu_seconds_total", ()) in m and sample(m, "sip_to_ai_ready") == 1
+    assert sample(m, "sip_to_ai_asyncio_tasks") >= 1  # the scrape itself runs in one
 
 
 async def test_ready_is_503_at_max_calls_and_the_refusal_is_counted():
