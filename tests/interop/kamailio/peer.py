@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+from bridge.bench.capacity import free_port
+from tests.interop.sip_proxy import running
 
 ROOT = Path(__file__).resolve().parents[3]
 KAMAILIO = shutil.which("kamailio") or (Path("/usr/sbin/kamailio") if Path("/usr/sbin/kamailio").exists() else None)
@@ -18,3 +23,11 @@ def kamailio_argv(tmp: Path, port: int, adapters: list[int]) -> list[str]:
     return [str(KAMAILIO), "-DD", "-E", "-f", str(ROOT / "dialplan" / "kamailio.cfg"), "-P", str(tmp / "k.pid"),
             "-Y", str(tmp), "-m", "64", "-M", "8", "-A", f"LISTEN=udp:127.0.0.1:{port}", "-A", f'DS_LIST="{ds_list}"',
             *(["-A", f'MPATH="{MODULES[0]}/"'] if MODULES else [])]
+
+
+@contextlib.asynccontextmanager
+async def kamailio(tmp: Path, adapters: list[int]) -> AsyncIterator[int]:
+    """dialplan/kamailio.cfg as shipped, with LISTEN and DS_LIST overridden on the command line."""
+    port = free_port()
+    async with running(kamailio_argv(tmp, port, adapters), port, tmp / "kamailio.log"):
+        yield port

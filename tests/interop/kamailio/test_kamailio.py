@@ -6,54 +6,15 @@ Skipped, with the reason, when `kamailio` is not installed (Debian: apt-get inst
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from bridge.caller import place_calls
 from bridge.vendors.base import HangupRequest
-from tests.interop.kamailio.peer import KAMAILIO, kamailio_argv
-from tests.sip.sip_live import RawClient, ScriptedAgent, live_server, status_of
+from tests.interop.kamailio.peer import KAMAILIO, kamailio
+from tests.sip.sip_live import ScriptedAgent, live_server
 
 pytestmark = pytest.mark.skipif(KAMAILIO is None, reason="kamailio not installed (apt-get install kamailio)")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.asynccontextmanager
-async def kamailio(tmp: Path, adapters: list[int]) -> AsyncIterator[int]:
-    """dialplan/kamailio.cfg as shipped, with LISTEN and DS_LIST overridden on the command line."""
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(*kamailio_argv(tmp, port, adapters),
-                                                stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=(tmp / "kamailio.log").open("wb"))
-    try:
-        client = await RawClient.open()
-        try:
-            for _ in range(40):
-                client.options(("127.0.0.1", port))
-                if status_of(await client.final(0.25)) == 200:
-                    break
-            else:
-                raise AssertionError("Kamailio did not start: " + (tmp / "kamailio.log").read_text()[-2000:])
-        finally:
-            client.close()
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            async with asyncio.timeout(5):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def test_calls_fail_over_from_a_refusing_adapter_and_echo_through_the_proxy(tmp_path):
