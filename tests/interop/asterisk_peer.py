@@ -99,7 +99,7 @@ class AsteriskPeer:
         for sub in ("etc", "var/lib", "var/spool", "var/log", "var/run", "var/cache", "recordings"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         for name in ("ari.conf", "http.conf", "extensions.conf", "rtp.conf", "audiosocket.conf", "websocket.conf",
-                     "websocket_client.conf"):
+                     "websocket_client.conf", "instances.conf"):
             shutil.copy(PROJECT_CONFIG / name, etc / name)
         audiosocket = re.subn(r"(?m)^SIP_TO_AI_AUDIOSOCKET=.*$",
                               f"SIP_TO_AI_AUDIOSOCKET=127.0.0.1:{self.audiosocket_port}",
@@ -114,7 +114,7 @@ class AsteriskPeer:
         (etc / "ari.conf").write_text(_replace((etc / "ari.conf").read_text(), "password", self.password))
         dialplan = TEST_DIALPLAN.format(freq=self.tone_hz, recordings=self.recordings, seconds=self.record_seconds)
         with (etc / "extensions.conf").open("a") as f:
-            f.write(dialplan + "\n#include audiosocket.conf\n#include websocket.conf\n")
+            f.write(dialplan + "\n#include audiosocket.conf\n#include websocket.conf\n#include instances.conf\n")
         (etc / "modules.conf").write_text(
             "[modules]\nautoload = yes\n" + "".join(f"noload => {m}.so\n" for m in NOLOAD)
         )
