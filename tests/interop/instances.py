@@ -47,6 +47,14 @@ class Instances:
         """How many calls instance `n` has taken (its `= call from` log lines)."""
         return self.log(n).read_text(errors="replace").count("= call from")
 
+    def wait_calls(self, total: int, timeout: float = 10.0) -> None:
+        """Until the instances have taken `total` calls between them (a call's log line follows its answer)."""
+        deadline = time.monotonic() + timeout
+        while sum(map(self.calls, range(self.count))) < total:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{total} calls never all reached the instances")
+            time.sleep(0.05)
+
     def wait_log(self, n: int, text: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.log(n).read_text(errors="replace"):
