@@ -85,6 +85,7 @@ async def test_three_instances_spread_drain_and_fail_over_in_the_dialplan(tmp_pa
             await until(lambda n=n: exists(asterisk, f"/applications/sip-to-ai-{n}"), 20, f"sip-to-ai-{n} missing")
         # 1. spread
         setup = [await place(asterisk, k) for k in range(6)]
+        await asyncio.to_thread(inst.wait_calls, 6)
         spread = [inst.calls(n) for n in range(3)]
 
         # 2. drain instance 2 with its calls live; 3 more calls
@@ -94,6 +95,7 @@ async def test_three_instances_spread_drain_and_fail_over_in_the_dialplan(tmp_pa
         setup += [await place(asterisk, k) for k in range(6, 9)]
         rc = await asyncio.to_thread(inst.procs[2].wait, 15)
         drain_s = time.monotonic() - t0
+        await asyncio.to_thread(inst.wait_calls, 9)
         after_drain = [inst.calls(n) for n in range(3)]
         await no_calls(asterisk)
 
@@ -101,6 +103,7 @@ async def test_three_instances_spread_drain_and_fail_over_in_the_dialplan(tmp_pa
         inst.kill(1)
         failover = [await place(asterisk, k) for k in range(9, 12)]
         await no_calls(asterisk)
+        await asyncio.to_thread(inst.wait_calls, 12)
         after_crash = [inst.calls(n) for n in range(3)]
         await nothing_left(asterisk)
         await wait_for_log(asterisk, "sip-to-ai-2 unavailable: SUCCESS shutting down")

@@ -116,6 +116,7 @@ async def test_three_instances_spread_drain_and_fail_over_in_the_dialplan(tmp_pa
         setup += [await place(fs, k) for k in range(6, 9)]
         rc = await asyncio.to_thread(inst.procs[2].wait, 15)
         drain_s = time.monotonic() - t0
+        await asyncio.to_thread(inst.wait_calls, 9)
         after_drain = [inst.calls(n) for n in range(3)]
         await fs_idle(fs)
 
@@ -123,6 +124,7 @@ async def test_three_instances_spread_drain_and_fail_over_in_the_dialplan(tmp_pa
         inst.kill(1)
         failover = [await place(fs, k) for k in range(9, 12)]
         await fs_idle(fs)
+        await asyncio.to_thread(inst.wait_calls, 12)
         after_crash = [inst.calls(n) for n in range(3)]
         refusals = fs.log_text().count("no sip-to-ai instance took")
 
