@@ -19,14 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import random
 import re
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ MEAN_SECONDS = 60.0  # real-time mean call duration (exponential, at least MIN_S
 MIN_SECONDS = 10.0
 RTP_SPAN = 200  # RTP ports per adapter
 MB = 1 << 20
-SETTLE = 10  # seconds after the last call for FDs, tasks and ports to come back before it counts as a leak
+SETTLE = 20  # seconds after the last call for FDs, tasks, ports to come back (aiohttp keeps idle HTTP 15 s)
 
 
 @dataclass
@@ -70,13 +71,16 @@ class Path_:
     admin: int
     esl: int  # its ESL_LISTEN port
     rtp: tuple[int, int]
+    ari: Any = None  # the fake Asterisk its ARI client is connected to (Stasis app soak-<vendor>)
     placed: int = 0
     answered: int = 0
     failed: int = 0
     esl_answered: int = 0
+    ari_answered: int = 0
     samples: list[Sample] = field(default_factory=list)
     baseline: Sample | None = None  # before the first call
     fd_targets: list[str] = field(default_factory=list)  # at baseline, to name what an FD leak holds
+    extra_fds: list[str] = field(default_factory=list)  # at the end, beyond fd_targets
 
     def fd_links(self) -> list[str]:
         out = []
@@ -135,6 +139,28 @@ async def esl_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
                 await fs.adapter_closed.wait()
 
 
+async def ari_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
+    """A caller's channel entering Stasis(soak-<vendor>) on the fake Asterisk, talking until it hangs up."""
+    fake = path.ari
+    path.placed += 1
+    frames = itertools.cycle([g711.decode(Codec.PCMU, p).tobytes() for p in payloads])
+    channel = fake.call_in(f"soak-{path.vendor}", source=lambda: next(frames))
+    try:
+        async with asyncio.timeout(10):
+            while channel in fake.channels and not fake.heard(channel):
+                await asyncio.sleep(0.05)
+        if channel not in fake.channels:
+            raise TimeoutError
+    except TimeoutError:
+        path.failed += 1
+        return
+    path.answered += 1
+    path.ari_answered += 1
+    await asyncio.sleep(seconds)
+    if channel in fake.channels:
+        fake.caller_hangup(channel)
+
+
 async def one_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
     c = BenchCall(f"sip:soak@127.0.0.1:{path.adapter.port}", "127.0.0.1")
     path.placed += 1
@@ -160,7 +186,7 @@ async def one_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
         c.close()
 
 
-async def traffic(paths: list[Path_], wall: float, speed: float, every: float, esl: bool) -> None:
+async def traffic(paths: list[Path_], wall: float, speed: float, every: float, ingresses: tuple[str, ...]) -> None:
     """Calls arriving on every path for `wall` seconds, sampling all the while; then until every call is over."""
     rng = random.Random(16)
     pcm = np.random.default_rng(16).normal(0, 3000, 8000).clip(-32767, 32767).astype(np.int16)
@@ -175,7 +201,7 @@ async def traffic(paths: list[Path_], wall: float, speed: float, every: float, e
             if loop.time() - start >= wall:
                 return
             seconds = max(MIN_SECONDS, rng.expovariate(1 / MEAN_SECONDS)) / speed
-            place = esl_call if esl and rng.random() < 1 / 3 else one_call  # a third of the calls by ESL
+            place = {"sip": one_call, "esl": esl_call, "ari": ari_call}[rng.choice(ingresses)]
             task = asyncio.create_task(place(path, seconds, payloads))
             calls.add(task)
             task.add_done_callback(calls.discard)
@@ -212,8 +238,9 @@ def report(p: Path_, flat_mb: float) -> bool:
     first = float(np.mean([x.rss for x in s[:quarter]])) / MB
     last = float(np.mean([x.rss for x in s[-quarter:]])) / MB
     end = s[-1]
-    print(f"\n[{p.vendor}] calls placed {p.placed}, answered {p.answered} ({p.answered - p.esl_answered} SIP, "
-          f"{p.esl_answered} ESL), failed {p.failed}")
+    sip = p.answered - p.esl_answered - p.ari_answered
+    print(f"\n[{p.vendor}] calls placed {p.placed}, answered {p.answered} ({sip} SIP, {p.esl_answered} ESL, "
+          f"{p.ari_answered} ARI), failed {p.failed}")
     print("   t(s)  rss(MB)   fds  tasks  rtp  calls")
     step = max(1, len(s) // 12)
     for x in [baseline, *s[::step], end]:
@@ -222,40 +249,25 @@ def report(p: Path_, flat_mb: float) -> bool:
     print(f"   memory first quarter {first:.1f} MB, last quarter {last:.1f} MB ({last - first:+.1f}); "
           f"fds {baseline.fds} -> {end.fds}; tasks {baseline.tasks} -> {end.tasks}; "
           f"rtp ports {baseline.rtp_ports} -> {end.rtp_ports}: {'PASS' if ok else 'FAIL'}")
-    if end.fds > baseline.fds:
-        extra = list(p.fd_links())
-        for target in p.fd_targets:
-            with contextlib.suppress(ValueError):
-                extra.remove(target)
-        print(f"   fds held beyond the baseline: {', '.join(extra)}")
+    if p.extra_fds:
+        print(f"   fds held beyond the baseline: {', '.join(p.extra_fds)}")
     return ok
 
 
 def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb: float,
-        ingresses: tuple[str, ...] = ("sip", "esl")) -> bool:
+        ingresses: tuple[str, ...] = ("sip", "esl", "ari")) -> bool:
     """The soak; True when every path passed."""
     wall = minutes * 60 / speed
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
-        paths = []
-        for vendor in vendors:
-            url = stack.enter_context(vendor_process(vendor))
-            rtp0 = free_port(RTP_SPAN)
-            admin, esl = free_port(), free_port()
-            adapter = sip_to_ai(free_port(), (rtp0, rtp0 + RTP_SPAN - 1),
-                                {**vendor_env(vendor, url), "ADMIN_LISTEN": f"127.0.0.1:{admin}", "MAX_CALLS": "100",
-                                 "ESL_LISTEN": f"127.0.0.1:{esl}"})
-            adapter.start(work / f"{vendor}.log")
-            stack.callback(adapter.stop)
-            paths.append(Path_(vendor, adapter, admin, esl, (rtp0, rtp0 + RTP_SPAN - 1)))
-        for p in paths:
-            asyncio.run(wait_sip(p.adapter.port))
-        time.sleep(1.0)
-        for p in paths:
-            p.baseline, p.fd_targets = p.sample(0.0), p.fd_links()
-            p.samples.clear()
+        urls = {vendor: stack.enter_context(vendor_process(vendor)) for vendor in vendors}
+        paths: list[Path_] = []
         load0 = Path("/proc/loadavg").read_text().split()[:3]
-        asyncio.run(traffic(paths, wall, speed, every, "esl" in ingresses))
+        try:
+            asyncio.run(_run(paths, urls, work, wall, speed, every, ingresses))
+        finally:
+            for p in paths:
+                p.adapter.stop()
         load1 = Path("/proc/loadavg").read_text().split()[:3]
         print(f"# loadavg at start {' '.join(load0)}, at end {' '.join(load1)}")
         ok = all([report(p, flat_mb) for p in paths])
@@ -266,6 +278,44 @@ def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb:
         return ok
 
 
+async def _run(paths: list[Path_], urls: dict[str, str], work: Path, wall: float, speed: float, every: float,
+               ingresses: tuple[str, ...]) -> None:
+    """Start the fake Asterisk (when ARI is soaked) and one adapter per vendor path, then the traffic."""
+    async with contextlib.AsyncExitStack() as stack:
+        ari = None
+        if "ari" in ingresses:
+            from tests.fakes.ari import FakeAsterisk  # the fake Asterisk, run from a checkout as the other fakes
+
+            ari = await FakeAsterisk().start()
+            stack.push_async_callback(ari.stop)
+        for vendor, url in urls.items():
+            rtp0 = free_port(RTP_SPAN)
+            admin, esl = free_port(), free_port()
+            env = {**vendor_env(vendor, url), "ADMIN_LISTEN": f"127.0.0.1:{admin}", "MAX_CALLS": "100",
+                   "ESL_LISTEN": f"127.0.0.1:{esl}"}
+            if ari is not None:
+                env.update(ARI_URL=ari.url, ARI_USERNAME="adapter", ARI_PASSWORD="secret", ARI_APP=f"soak-{vendor}")
+            adapter = sip_to_ai(free_port(), (rtp0, rtp0 + RTP_SPAN - 1), env)
+            adapter.start(work / f"{vendor}.log")
+            paths.append(Path_(vendor, adapter, admin, esl, (rtp0, rtp0 + RTP_SPAN - 1), ari))
+        for p in paths:
+            await wait_sip(p.adapter.port)
+            if ari is not None:
+                async with asyncio.timeout(20):
+                    while f"soak-{p.vendor}" not in ari.registered:
+                        await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        for p in paths:
+            p.baseline, p.fd_targets = p.sample(0.0), p.fd_links()
+            p.samples.clear()
+        await traffic(paths, wall, speed, every, ingresses)
+        for p in paths:
+            p.extra_fds = p.fd_links()
+            for target in p.fd_targets:
+                with contextlib.suppress(ValueError):
+                    p.extra_fds.remove(target)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bridge.bench soak", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="minutes of real-time traffic to replay")
@@ -273,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="time compression: call arrivals and durations come this many times faster "
                              "(--minutes 60 --speed 10 = 6 minutes of wall time, the same calls and overlap)")
     parser.add_argument("--vendors", default="echo,openai,deepgram,gemini", help="vendor paths, one adapter each")
-    parser.add_argument("--ingress", default="sip,esl", help="sip, esl (a third of the calls, fake FreeSWITCH)")
+    parser.add_argument("--ingress", default="sip,esl,ari",
+                        help="where calls come from, in equal shares: sip, esl (fake FreeSWITCH), ari (fake Asterisk)")
     parser.add_argument("--every", type=float, default=5.0, help="seconds between samples")
     parser.add_argument("--flat-mb", type=float, default=5.0, help="allowed last-minus-first-quarter memory growth")
     args = parser.parse_args(argv)
