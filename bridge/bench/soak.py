@@ -22,9 +22,11 @@ import contextlib
 import itertools
 import random
 import re
+import socket
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,23 @@ class Path_:
         s = Sample(t, self.adapter.rss_bytes(), fds, tasks, ports, int(calls))
         self.samples.append(s)
         return s
+
+
+def rtp_span(rng: random.Random) -> int:
+    """The first port of RTP_SPAN free UDP ports below the kernel's ephemeral range: the callers' sockets bound
+    to port 0 then never take the port beside one of ours that the adapter asks FreeSWITCH to bind (ESL unicast
+    local-port = ours + 1)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        base = rng.randrange(10000, low - RTP_SPAN) & ~1
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + RTP_SPAN):
+                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)).bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {RTP_SPAN} free UDP ports below {low}")
 
 
 def rtp_ports(pid: int, span: tuple[int, int]) -> int:
@@ -186,6 +205,15 @@ async def one_call(path: Path_, seconds: float, payloads: list[bytes]) -> None:
         c.close()
 
 
+async def guarded(call: Coroutine[Any, Any, None], path: Path_) -> None:
+    """A call whose caller side broke counts as failed (and says why), not as an unread task exception."""
+    try:
+        await call
+    except Exception as exc:  # noqa: BLE001 - any failure of the fake caller is a failed call of the run
+        path.failed += 1
+        print(f"   [{path.vendor}] a call failed: {exc!r}", flush=True)
+
+
 async def traffic(paths: list[Path_], wall: float, speed: float, every: float, ingresses: tuple[str, ...]) -> None:
     """Calls arriving on every path for `wall` seconds, sampling all the while; then until every call is over."""
     rng = random.Random(16)
@@ -202,7 +230,7 @@ async def traffic(paths: list[Path_], wall: float, speed: float, every: float, i
                 return
             seconds = max(MIN_SECONDS, rng.expovariate(1 / MEAN_SECONDS)) / speed
             place = {"sip": one_call, "esl": esl_call, "ari": ari_call}[rng.choice(ingresses)]
-            task = asyncio.create_task(place(path, seconds, payloads))
+            task = asyncio.create_task(guarded(place(path, seconds, payloads), path))
             calls.add(task)
             task.add_done_callback(calls.discard)
 
@@ -289,7 +317,7 @@ async def _run(paths: list[Path_], urls: dict[str, str], work: Path, wall: float
             ari = await FakeAsterisk().start()
             stack.push_async_callback(ari.stop)
         for vendor, url in urls.items():
-            rtp0 = free_port(RTP_SPAN)
+            rtp0 = rtp_span(random.Random())
             admin, esl = free_port(), free_port()
             env = {**vendor_env(vendor, url), "ADMIN_LISTEN": f"127.0.0.1:{admin}", "MAX_CALLS": "100",
                    "ESL_LISTEN": f"127.0.0.1:{esl}"}
