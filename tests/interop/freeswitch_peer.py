@@ -148,13 +148,29 @@ class FreeSwitchPeer:
 
     def __init__(self, workdir: Path, adapter_sip: tuple[str, int], adapter_esl: tuple[str, int]) -> None:
         self.dir = workdir
-        self.esl_port = free_port()
-        self.sip_port = free_port(socket.SOCK_DGRAM)
-        self.rtp_start = free_udp_block(400)
         self.password = "ClueCon"  # the value in freeswitch/event_socket.conf.xml, used as shipped
         self.adapter_sip, self.adapter_esl = adapter_sip, adapter_esl
         self.proc: subprocess.Popen[bytes] | None = None
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        self.esl_port = free_port()
+        self.sip_port = free_port(socket.SOCK_DGRAM)
+        self.rtp_start = free_udp_block(400)
         self._write_config()
+
+    def start_on_free_ports(self, attempts: int = 2) -> None:
+        """start(); when a port probed free was taken meanwhile by another process (tests run side by side on
+        this machine), try again on other ports."""
+        for attempt in range(attempts):
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                self._choose_ports()
 
     def _write_config(self) -> None:
         conf = self.dir / "conf"
@@ -186,14 +202,20 @@ class FreeSwitchPeer:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"freeswitch exited with {self.proc.returncode}; see {d}/console.log")
+                raise RuntimeError(f"freeswitch exited with {self.proc.returncode}: {self._tail()}")
             try:
                 if "external" in self.api("sofia status"):  # ESL answers and the SIP profile is up
                     return
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"freeswitch did not answer ESL within {START_TIMEOUT} s; see {d}/console.log")
+        raise RuntimeError(f"freeswitch did not answer ESL and bring up its SIP profile within {START_TIMEOUT} s "
+                           f"(ESL {self.esl_port}, SIP {self.sip_port}): {self._tail()}")
+
+    def _tail(self) -> str:
+        """The end of FreeSWITCH's own log (the run dir is removed after the tests)."""
+        lines = [x for x in self.log_text().splitlines() if "[ERR]" in x or "[CRIT]" in x]
+        return " | ".join(lines[-5:]) or "no error in its log"
 
     def stop(self) -> None:
         if self.proc is None:

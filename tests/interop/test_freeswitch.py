@@ -86,7 +86,7 @@ def fs():
     for rate in (8000, 16000):
         write_wav(peer.dir / f"caller{rate}.wav", caller_signal(rate), rate)
     try:
-        peer.start()
+        peer.start_on_free_ports()
         yield peer
     finally:
         peer.stop()
@@ -169,7 +169,8 @@ class Adapter:
         if self.baseline is not None:
             base = self.baseline
             await wait_until(lambda: all(n <= b for n, b in zip(self.footprint(), base, strict=True)), timeout,
-                             f"(tasks, files) back to {base} (now {self.footprint()})")
+                             f"(tasks, files) back to {base} (now {self.footprint()}: "
+                             f"{sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks())})")
 
     @staticmethod
     def footprint() -> tuple[int, int]:
