@@ -51,6 +51,15 @@ def test_sip_uas(case):
     fc.check_sip_uas(case)
 
 
+@given(CASE["sip-tcp-framing"].strategy)
+@example([b"OPTIONS sip:a SIP/2.0\r\nl: \xb2\r\n\r\n"])  # '²' (latin-1 0xB2) passed isdigit(): ValueError
+@example([b"OPTIONS sip:a SIP/2.0\r\nContent-Length: " + BIG.encode() + b"\r\n\r\n"])  # ValueError from int()
+def test_sip_tcp_framing(case):
+    """Invariant: next_stream_message() takes whole messages off a SIP/TCP buffer, or raises SipParseError (the
+    transport closes the connection)."""
+    fc.check_sip_stream(case)
+
+
 @given(CASE["sdp"].strategy)
 @example(sdp("m=audio 65536 RTP/AVP 0"))  # port out of range: was accepted, RTP went nowhere
 @example(sdp("m=audio ² RTP/AVP 0"))  # ValueError from int(): now 400

@@ -237,6 +237,32 @@ def check_sip_message(case: tuple[bytes, bool]) -> None:
     bytes(msg)  # what the UAS sends back is built from these headers
 
 
+@st.composite
+def sip_streams(draw: st.DrawFn) -> list[bytes]:
+    """What a SIP/TCP peer writes: keep-alive CRLFs and messages back to back, cut into random chunks."""
+    data = b"".join(draw(st.sampled_from((b"\r\n", b"\r\n\r\n", b""))) + draw(sip_messages())[0]
+                    for _ in range(draw(st.integers(1, 3))))
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def check_sip_stream(chunks: list[bytes]) -> None:
+    """Invariant: next_stream_message() takes whole messages off a TCP buffer (each no longer than the buffer
+    held) or raises SipParseError (the connection is closed); it never takes more than what was received."""
+    buffer = bytearray()
+    received = 0
+    for chunk in chunks:
+        buffer += chunk
+        received += len(chunk)
+        try:
+            with bounded(len(buffer)):
+                while (message := sip.next_stream_message(buffer)) is not None:
+                    received -= len(message)
+        except sip.SipParseError:
+            return
+        assert len(buffer) <= received
+
+
 def check_sip_uas(case: tuple[bytes, bool]) -> None:
     """Invariant: Uas.receive() (parse, then the transaction and dialog layers) never raises, and every datagram
     it queues goes to a port within 1-65535 (asyncio's sendto raises on any other, losing the batch)."""
@@ -676,6 +702,7 @@ class Case:
 CASES = (
     Case("sip-message", sip_messages(), check_sip_message),
     Case("sip-uas", sip_messages(), check_sip_uas),
+    Case("sip-tcp-framing", sip_streams(), check_sip_stream),
     Case("sdp", sdp_bodies(), check_sdp),
     Case("rtp", rtp_packets(), check_rtp),
     Case("rtp-rtcp-receiver", datagrams, check_rtp_receiver),

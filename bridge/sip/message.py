@@ -215,6 +215,36 @@ def parse(data: bytes, stream: bool = False) -> Request | Response:
     return msg
 
 
+def next_stream_message(buffer: bytearray) -> bytes | None:
+    """Take the first complete message off a TCP stream's buffer (§18.3: framed by Content-Length), else None.
+
+    Keep-alive CRLFs before it are dropped (RFC 5626 §3.5.1). A message without Content-Length is taken with no
+    body (parse() then answers 400).
+
+    Raises:
+        SipParseError: a Content-Length that is not a number below MAX_MESSAGE: the stream cannot be framed.
+    """
+    while buffer[:2] == b"\r\n":
+        del buffer[:2]
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    length = 0
+    for line in bytes(buffer[:end]).split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() in (b"content-length", b"l"):
+            value = value.strip()
+            if not value.isdigit() or len(value) > len(str(MAX_MESSAGE)) or int(value) > MAX_MESSAGE:
+                raise SipParseError(f"Content-Length {value[:20]!r} cannot frame a stream", 400)
+            length = int(value)
+    total = end + 4 + length
+    if len(buffer) < total:
+        return None
+    message = bytes(buffer[:total])
+    del buffer[:total]
+    return message
+
+
 def _headers(lines: list[str]) -> list[tuple[str, str]]:
     unfolded: list[str] = []
     for line in lines:

@@ -26,7 +26,7 @@ from bridge.sip.events import (
     MediaChanged,
     RequestDone,
 )
-from bridge.sip.message import MAX_MESSAGE
+from bridge.sip.message import MAX_MESSAGE, SipParseError, next_stream_message
 from bridge.sip.transaction import TIMEOUT
 from bridge.sip.uas import Uas, UasConfig
 
@@ -380,11 +380,17 @@ class _Stream(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.buffer += data
-        while (message := self._next_message()) is not None:
-            if self.deadline is not None:
-                self.deadline.cancel()
-                self.deadline = None
-            self.server.feed(message, self.peer, reliable=True)
+        try:
+            while (message := next_stream_message(self.buffer)) is not None:
+                if self.deadline is not None:
+                    self.deadline.cancel()
+                    self.deadline = None
+                self.server.feed(message, self.peer, reliable=True)
+        except SipParseError as exc:  # no way to find the next message: the connection goes
+            log.warning("! SIP/TCP from %s:%d closed: %s", *self.peer, exc)
+            self.buffer.clear()
+            self.transport.close()
+            return
         if len(self.buffer) > MAX_STREAM_BUFFER:
             self.transport.close()  # no message boundary in sight: not SIP, or an attack
         elif self.buffer and self.deadline is None:
@@ -399,25 +405,6 @@ class _Stream(asyncio.Protocol):
             self.server.streams_timed_out += 1
             log.info("! SIP/TCP from %s:%d closed: no complete message within %g s", *self.peer, MESSAGE_TIMEOUT)
             self.transport.close()
-
-    def _next_message(self) -> bytes | None:
-        while self.buffer[:2] == b"\r\n":  # keep-alive CRLFs (RFC 5626 §3.5.1)
-            del self.buffer[:2]
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        head = bytes(self.buffer[:end]).decode("latin-1").lower()
-        length = 0
-        for line in head.split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip() in ("content-length", "l") and value.strip().isdigit():
-                length = int(value.strip())
-        total = end + 4 + length
-        if len(self.buffer) < total:
-            return None
-        message = bytes(self.buffer[:total])
-        del self.buffer[:total]
-        return message
 
 
 async def serve_sip(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import secrets
 
@@ -122,6 +123,23 @@ async def test_tcp_and_udp_on_the_same_port():
         assert head.startswith(b"SIP/2.0 200 OK")
         writer.close()
         client.close()
+
+
+async def test_a_tcp_stream_that_cannot_be_framed_is_closed_and_the_port_keeps_serving(caplog):
+    async with live_server(sip_transport_type="tcp") as server:
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(b"OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nContent-Length: \xb2\r\n\r\n")  # '\xb2' is latin-1 '²'
+        assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed: no way to find the next message
+        writer.close()
+        client = await RawClient.open()
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(client.options(server.address).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2.0)
+        assert head.startswith(b"SIP/2.0 200 OK")
+        writer.close()
+        client.close()
+    assert "cannot frame a stream" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # not asyncio's "data_received() failed"
 
 
 async def test_shutdown_sends_bye_to_live_calls():
