@@ -196,6 +196,7 @@ async def test_floods_leave_a_live_call_alone(adapter: tuple[Adapter, dict[str, 
                - before['sip_to_ai_rtp_dropped_total{reason="foreign_source"}'])
     rtp_in = after['sip_to_ai_rtp_packets_total{direction="in"}']
     load = await asyncio.to_thread(Path("/proc/loadavg").read_text)
+    print("\n" + await asyncio.to_thread(capacity.floor, 2.0))  # the machine's own jitter, beside the call's
     print(f"\nINVITE flood: {statuses} ({retry_after} with Retry-After); live call: {packets} packets, lost {lost}, "
           f"interval error p99 {np.percentile(errors, 99):.2f} ms, max {errors.max():.2f} ms; foreign RTP sent "
           f"{flooded}, counted {foreign:.0f}; caller packets taken {rtp_in:.0f} of {live.figures.sent}; "
