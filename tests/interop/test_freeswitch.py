@@ -354,8 +354,8 @@ async def test_transfer_lands_the_caller_in_the_target(fs: FreeSwitchPeer, way: 
     async with Adapter(fs, lambda ctx: ScriptedAgent(ctx, script)) as adapter:
         record = rec / "a.wav"
         await place(fs, way, record, app="playback:silence_stream://6000")
-        await adapter.idle()  # the adapter let go of the call once transferred
         await fs_idle(fs)
+        await adapter.idle(20)  # the adapter let go of the call once transferred, and of its socket
     assert abs(loudest_hz(record, after_s=0.6) - TRANSFER_TONE_HZ) < 5  # 9100's tone reached the caller
 
 
