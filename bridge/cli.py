@@ -39,7 +39,19 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(settings))
     except KeyboardInterrupt:
         pass
+    except ExceptionGroup as group:  # an ingress could not bind its port: one line each, no traceback
+        bind_errors, rest = group.split(OSError)
+        if bind_errors is None or rest is not None:
+            raise
+        for exc in _leaves(bind_errors):
+            print(f"sip-to-ai: cannot listen: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    return [leaf for exc in group.exceptions
+            for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Settings: original names and defaults, .env semantics, one-line errors naming the variable, secrets redacted."""
 
+import socket
 import subprocess
 import sys
 
@@ -128,3 +129,15 @@ def test_realtime_priority_is_applied_or_warned_about():
         assert out[1] == "7" and out[2].startswith("scheduling: SCHED_RR priority 7")
     else:
         assert out[2].startswith("WARNING: REALTIME_PRIORITY=7 not applied")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_port_in_use_stops_serve_with_one_line(tmp_path, loop):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+        held.bind(("127.0.0.1", 0))
+        env = {"PATH": "/usr/bin:/bin", "SIP_PORT": str(held.getsockname()[1]), "ADMIN_LISTEN": "off",
+               "EVENT_LOOP": loop}
+        out = subprocess.run([sys.executable, "-m", "bridge", "serve"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=20)
+    not_log = [line for line in out.stderr.splitlines() if not line.startswith("{")]  # log lines are JSON here
+    assert out.returncode == 2 and len(not_log) == 1 and not_log[0].startswith("sip-to-ai: cannot listen:"), not_log
