@@ -178,3 +178,4 @@ def test_the_bench_prints_a_rate_per_parser_and_the_failure_it_finds(capsys):
     assert [r[:2] for r in rows if r and r[0] in ("rfc4733", "rtp")] == [["rtp", "20"], ["rfc4733", "20"]]
     count, seconds, failure = fuzz._fuzz(st.binary(), lambda data: 1 // (len(data) - 3), 500, 1)
     assert failure is not None and failure.startswith("ZeroDivisionError") and "b'\\x00\\x00\\x00'" in failure
+    assert fuzz._fuzz(st.binary(), lambda data: None, 50, 1, chunk=20)[::2] == (50, None)  # 20 + 20 + 10
