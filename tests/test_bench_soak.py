@@ -1,5 +1,6 @@
 """The soak bench, short: calls arriving by SIP, ESL and ARI and ending on the echo and OpenAI paths for ~15 s of
-wall time, then every adapter's FDs, asyncio tasks and RTP ports back at their baseline (the full hour: README)."""
+wall time, the OpenAI fake barging in and dropping its socket in each session (the adapter counts both),
+then every adapter's FDs, asyncio tasks and RTP ports back at their baseline (the full hour: README)."""
 
 from __future__ import annotations
 
@@ -12,4 +13,5 @@ def test_a_short_soak_leaves_nothing_behind(capsys):
     print(out)
     assert "[echo] calls placed" in out and "[openai] calls placed" in out
     assert " answered 0 " not in out and " 0 SIP" not in out and " 0 ESL" not in out and " 0 ARI" not in out
+    assert "barge-ins" in out and "(the mix did not happen)" not in out
     assert ok

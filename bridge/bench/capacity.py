@@ -53,24 +53,25 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # ---- the fake vendor process ----------------------------------------------------------------------------
 
 
-def _vendor_main(kind: str, conn: Connection) -> None:
+def _vendor_main(kind: str, conn: Connection, mix: bool = False) -> None:
     warnings.simplefilter("ignore", RuntimeWarning)  # replies cut short at the end of a run are never awaited
-    asyncio.run(_vendor(kind, conn))
+    asyncio.run(_vendor(kind, conn, mix))
 
 
-async def _vendor(kind: str, conn: Connection) -> None:
-    """Run the fake `kind` until the parent says stop; send back its URL first."""
+async def _vendor(kind: str, conn: Connection, mix: bool = False) -> None:
+    """Run the fake `kind` until the parent says stop; send back its URL first. With `mix`, every session also
+    takes, now and then, one of the vendor's upsets (a barge-in, a dropped socket, a goAway) between replies."""
     loop = asyncio.get_running_loop()
     speech = g711.encode(Codec.PCMU, (np.random.default_rng(1).normal(0, 3000, int(8000 * REPLY_SECONDS)))
                          .clip(-32767, 32767).astype(np.int16))
     talkers: set[asyncio.Task[None]] = set()
-    async with _fake(kind) as (fake, url, sessions, talk):
+    async with _fake(kind) as (fake, url, sessions, talk, upsets):
         conn.send(url)
         seen = 0
         stop = loop.run_in_executor(None, conn.recv)
         while not stop.done():
             for s in sessions()[seen:]:
-                task = loop.create_task(_talker(talk, s, speech))
+                task = loop.create_task(_talker(talk, s, speech, upsets if mix else []))
                 talkers.add(task)
                 task.add_done_callback(talkers.discard)
             seen = len(sessions())
@@ -79,17 +80,21 @@ async def _vendor(kind: str, conn: Connection) -> None:
             task.cancel()
 
 
-async def _talker(talk, session, speech: bytes) -> None:  # type: ignore[no-untyped-def]
+async def _talker(talk, session, speech: bytes, upsets: list) -> None:  # type: ignore[no-untyped-def]
     await asyncio.sleep(random.uniform(0, 2 * REPLY_SECONDS))
-    with contextlib.suppress(Exception):
+    turn = 0
+    with contextlib.suppress(Exception):  # the call ended under it, or an upset cut the connection
         while True:
             await talk(session, speech)
             await asyncio.sleep(REPLY_SECONDS)
+            if upsets:  # in turn: a barge-in first, then a drop (or goAway), which ends this talker
+                await upsets[turn % len(upsets)](session, speech)
+                turn += 1
 
 
 @contextlib.asynccontextmanager
 async def _fake(kind: str):  # type: ignore[no-untyped-def]
-    """(fake, url, sessions(), talk(session, g711)) for one vendor kind."""
+    """(fake, url, sessions(), talk(session, g711), upsets) for one vendor kind; each upset(session, g711)."""
     if kind == "openai":
         from tests.fakes.openai_realtime import FakeRealtime
 
@@ -102,8 +107,13 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
             await resp.task
             await asyncio.sleep(REPLY_SECONDS / 2)  # streamed at 2x: the rest of it plays
 
+        async def barge(s, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+            s.respond(audio)
+            await asyncio.sleep(REPLY_SECONDS / 4)
+            await s.speech_started()  # interrupt_response cancels the reply mid-stream
+
         try:
-            yield fake, url, lambda: fake.sessions, talk
+            yield fake, url, lambda: fake.sessions, talk, [barge, _drop]
         finally:
             await fake.stop()
     elif kind == "deepgram":
@@ -115,7 +125,11 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
                 await c.speak(audio)
                 await asyncio.sleep(REPLY_SECONDS)
 
-            yield dg, dg.url, lambda: dg.connections, talk
+            async def barge(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+                await c.speak(audio, done=False)
+                await c.barge_in()
+
+            yield dg, dg.url, lambda: dg.connections, talk, [barge, _drop]
     elif kind == "gemini":
         from tests.fakes.gemini_live import FakeGeminiLive
 
@@ -125,9 +139,24 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
                 await c.speak(REPLY_SECONDS)
                 await asyncio.sleep(REPLY_SECONDS)
 
-            yield gm, gm.url, lambda: gm.connections, talk
+            async def barge(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+                speaking = asyncio.ensure_future(c.speak(REPLY_SECONDS))
+                await asyncio.sleep(REPLY_SECONDS / 4)
+                speaking.cancel()
+                await c.interrupt()
+
+            async def go_away(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+                await c.go_away()
+
+            yield gm, gm.url, lambda: gm.connections, talk, [barge, _drop, go_away]
     else:
         raise ValueError(kind)
+
+
+async def _drop(session, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+    """A network failure: the adapter must reconnect and the call go on."""
+    await session.drop()
+    raise ConnectionResetError("dropped")
 
 
 def vendor_env(kind: str, url: str) -> dict[str, str]:
@@ -403,13 +432,14 @@ class Run:
 
 
 @contextlib.contextmanager
-def vendor_process(kind: str) -> Iterator[str]:
-    """The fake vendor in its own process; yields its URL ('' for echo)."""
+def vendor_process(kind: str, mix: bool = False) -> Iterator[str]:
+    """The fake vendor in its own process (with `mix`: barge-ins, drops, goAways; see `_vendor`); yields its URL
+    ('' for echo)."""
     if kind == "echo":
         yield ""
         return
     parent, child = mp.get_context("fork").Pipe()
-    proc = mp.get_context("fork").Process(target=_vendor_main, args=(kind, child), daemon=True)
+    proc = mp.get_context("fork").Process(target=_vendor_main, args=(kind, child, mix), daemon=True)
     proc.start()
     try:
         if not parent.poll(20):

@@ -64,6 +64,9 @@ class Sample:
     calls: int
 
 
+MIX_METRICS = {"barge-ins": "sip_to_ai_barge_ins_total", "reconnects": "sip_to_ai_vendor_reconnects_total"}
+
+
 @dataclass
 class Path_:
     """One vendor path: its adapter, what it was asked and how it answered, and its samples."""
@@ -83,6 +86,7 @@ class Path_:
     baseline: Sample | None = None  # before the first call
     fd_targets: list[str] = field(default_factory=list)  # at baseline, to name what an FD leak holds
     extra_fds: list[str] = field(default_factory=list)  # at the end, beyond fd_targets
+    mix: dict[str, int] = field(default_factory=dict)  # the vendor fake's upsets the adapter counted, last scrape
 
     def fd_links(self) -> list[str]:
         out = []
@@ -97,6 +101,8 @@ class Path_:
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5).read().decode()
         tasks = int(float(re.search(r"^sip_to_ai_asyncio_tasks (\S+)", metrics, re.M).group(1)))  # type: ignore[union-attr]
         calls = sum(float(v) for v in re.findall(r"^sip_to_ai_calls_active\{[^}]*\} (\S+)", metrics, re.M))
+        self.mix = {what: int(sum(float(v) for v in re.findall(rf"^{metric}\{{[^}}]*\}} (\S+)", metrics, re.M)))
+                    for what, metric in MIX_METRICS.items()}
         s = Sample(t, self.adapter.rss_bytes(), fds, tasks, ports, int(calls))
         self.samples.append(s)
         return s
@@ -273,7 +279,10 @@ def report(p: Path_, flat_mb: float) -> bool:
     step = max(1, len(s) // 12)
     for x in [baseline, *s[::step], end]:
         print(f"{x.t:7.0f}  {x.rss / MB:7.1f}  {x.fds:4d}  {x.tasks:5d}  {x.rtp_ports:3d}  {x.calls:5d}")
-    ok = last - first <= flat_mb and at_baseline(baseline, end) and p.failed == 0
+    mixed = p.vendor == "echo" or all(p.mix.values())  # the echo agent has no vendor to upset it
+    print(f"   vendor mix: {', '.join(f'{n} {what}' for what, n in p.mix.items())}"
+          f"{'' if mixed else ' (the mix did not happen)'}")
+    ok = last - first <= flat_mb and at_baseline(baseline, end) and p.failed == 0 and mixed
     print(f"   memory first quarter {first:.1f} MB, last quarter {last:.1f} MB ({last - first:+.1f}); "
           f"fds {baseline.fds} -> {end.fds}; tasks {baseline.tasks} -> {end.tasks}; "
           f"rtp ports {baseline.rtp_ports} -> {end.rtp_ports}: {'PASS' if ok else 'FAIL'}")
@@ -288,7 +297,7 @@ def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb:
     wall = minutes * 60 / speed
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
-        urls = {vendor: stack.enter_context(vendor_process(vendor)) for vendor in vendors}
+        urls = {vendor: stack.enter_context(vendor_process(vendor, mix=True)) for vendor in vendors}
         paths: list[Path_] = []
         load0 = Path("/proc/loadavg").read_text().split()[:3]
         try:
