@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from bridge.errors import ParseError
@@ -166,6 +167,10 @@ def _remote(offer: SessionDescription, media: Media) -> Address | None:
     host = media.connection or offer.connection
     if not host or host in ("0.0.0.0", "::"):
         return None  # RFC 2543 hold
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # RFC 4566 allows a name, but resolving it would block the 20 ms sender on DNS
+        raise NotAcceptable(f"connection address {host[:64]!r} is not an IP address") from None
     return host, media.port
 
 

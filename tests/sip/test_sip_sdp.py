@@ -79,6 +79,7 @@ def test_rfc2543_hold_address():
     .replace(b"a=rtpmap:8 PCMA/8000", b"a=rtpmap:18 G729/8000"),  # G.729 only
     FREESWITCH.replace(b"RTP/AVP", b"RTP/SAVP"),  # SRTP only
     FREESWITCH.replace(b"m=audio", b"m=video"),
+    FREESWITCH.replace(b"c=IN IP4 10.0.0.5", b"c=IN IP4 pbx.example.com"),  # a name: no DNS on the media path
 ])
 def test_no_common_codec_is_not_acceptable(offer):
     with pytest.raises(NotAcceptable) as info:
