@@ -183,6 +183,8 @@ class _StampedRtp:
         self.sock.setblocking(False)
         self.transport = self
         self.arrivals: list[tuple[int, int]] = []  # (kernel ns, RTP sequence)
+        self.ssrc: bytes | None = None  # the stream measured: the first one heard
+        self.foreign = 0  # packets of any other stream (another call's audio sent here)
 
     def get_extra_info(self, name: str) -> object:
         return self.sock.getsockname() if name == "sockname" else None
@@ -199,8 +201,15 @@ class _StampedRtp:
                 return
             except OSError:
                 return
+            if len(data) < 12 or data[1] & 0x7F not in (0, 8):
+                continue
+            if self.ssrc is None:
+                self.ssrc = data[8:12]
+            elif data[8:12] != self.ssrc:
+                self.foreign += 1
+                continue
             for _, kind, d in anc:
-                if kind == SO_TIMESTAMPNS and len(data) >= 12 and data[1] & 0x7F in (0, 8):
+                if kind == SO_TIMESTAMPNS:
                     sec, ns = struct.unpack("qq", d[:16])
                     self.arrivals.append((sec * 1_000_000_000 + ns, struct.unpack_from("!H", data, 2)[0]))
 
@@ -230,6 +239,7 @@ class CallerResult:
     max_ms: float = 0.0
     received: int = 0
     lost: int = 0
+    foreign: int = 0  # packets of another stream on a call's socket (another call's audio)
     window: float = 0.0  # seconds all calls were up together
 
 
@@ -282,6 +292,7 @@ async def _caller(target: str, n: int, seconds: float, conn: Connection) -> Call
         errors = [e for e, _, _ in per_call if len(e)]
         result.received = sum(p for _, p, _ in per_call)
         result.lost = sum(lost for _, _, lost in per_call)
+        result.foreign = sum(c.rtp.foreign for c in up)  # type: ignore[attr-defined]
         if errors:
             result.worst_p99_ms = max(float(np.percentile(e, 99)) for e in errors)
             flat = np.concatenate(errors)
@@ -428,7 +439,7 @@ class Run:
     @property
     def passed(self) -> bool:
         r = self.result
-        return r.answered == r.calls and r.lost == 0 and r.worst_p99_ms <= P99_LIMIT_MS
+        return r.answered == r.calls and r.lost == 0 and r.foreign == 0 and r.worst_p99_ms <= P99_LIMIT_MS
 
 
 @contextlib.contextmanager
@@ -507,14 +518,16 @@ def py_spy(adapter: Adapter, seconds: float, out: Path) -> subprocess.Popen[byte
 
 # ---- the report -----------------------------------------------------------------------------------------
 
-HEADER = (f"{'adapter':<22}{'path':<9}{'calls':>6}{'answered':>9}{'lost':>6}{'worst call p99':>15}{'all p99':>8}"
+HEADER = (f"{'adapter':<22}{'path':<9}{'calls':>6}{'answered':>9}{'lost':>7}{'foreign':>8}{'worst call p99':>15}"
+          f"{'all p99':>8}"
           f"{'max':>7}{'CPU-s/call-min':>15}{'MiB/call':>9}  {'loadavg':<15} verdict")
 
 
 def row(r: Run) -> str:
     res = r.result
-    return (f"{r.label:<22}{r.path:<9}{r.calls:>6}{res.answered:>9}{res.lost:>6}{res.worst_p99_ms:>15.2f}"
-            f"{res.p99_ms:>8.2f}{res.max_ms:>7.1f}{r.cpu_per_call_minute:>15.3f}{r.rss_per_call / 2**20:>9.3f}  "
+    return (f"{r.label:<22}{r.path:<9}{r.calls:>6}{res.answered:>9}{res.lost:>7}{res.foreign:>8}"
+            f"{res.worst_p99_ms:>15.2f}{res.p99_ms:>8.2f}{res.max_ms:>7.1f}{r.cpu_per_call_minute:>15.3f}"
+            f"{r.rss_per_call / 2**20:>9.3f}  "
             f"{r.load:<15} {'ok' if r.passed else 'FAIL'}")
 
 
