@@ -557,7 +557,11 @@ def search(label: str, path: str, make: callable, target: callable, start: int, 
 
     def one(n: int) -> Run:
         adapters = make()
-        r = measure(label, path, adapters, target(adapters), n, seconds, workdir)
+        try:
+            r = measure(label, path, adapters, target(adapters), n, seconds, workdir)
+        except RuntimeError as exc:  # calls not set up in time, or the caller stalled: a failed run
+            print(f"{label:<22}{path:<9}{n:>6}  not measured: {exc}", flush=True)
+            return Run(label, path, n, CallerResult(calls=n), 0.0, 0.0, "")
         print(row(r), flush=True)
         return r
 
