@@ -34,7 +34,7 @@ def _free_port() -> int:
 def _free_media_port() -> int:
     """An even port with the three above it free too: sipp binds audio RTP/RTCP and video RTP/RTCP there."""
     for _ in range(200):
-        base = random.randrange(50000, 59990, 2)
+        base = random.randrange(22000, 32000, 2)  # below the ephemeral range, which any socket may take meanwhile
         socks = []
         try:
             for port in range(base, base + 4):
