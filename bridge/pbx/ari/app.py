@@ -199,7 +199,14 @@ class StasisApp:
             cancelled = True  # shutdown: hang the caller up below, then re-raise
             raise
         finally:
-            await self._release(session, hangup_caller=cancelled)
+            # The core lets go of the call before this cleanup: a shutdown arriving now must not cut the DELETEs
+            # short (a bridge would stay in Asterisk). The release is bounded by CLEANUP_TIMEOUT.
+            release = asyncio.ensure_future(self._release(session, hangup_caller=cancelled))
+            try:
+                await asyncio.shield(release)
+            except asyncio.CancelledError:
+                await release
+                raise
 
     async def _setup_and_run(self, session: AriCall, args: tuple[str, ...]) -> None:
         ch = session.channel
