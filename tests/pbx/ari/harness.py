@@ -7,6 +7,7 @@ import contextlib
 import math
 import struct
 from collections.abc import AsyncIterator, Callable
+from typing import Any, Self
 
 import pytest
 
@@ -88,3 +89,31 @@ def pcm_stats(frames: list[bytes]) -> tuple[float, float]:
     freq = crossings * 8000 / max(1, len(samples))
     rms = math.sqrt(sum(s * s for s in samples) / max(1, len(samples)))
     return freq, rms
+
+
+class ServedIngress:
+    """A stream ingress's `serve(ready)` running in a task for one test; subclasses set `self.server`."""
+
+    server: Any
+    _task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        ready = asyncio.Event()
+        self._task = asyncio.create_task(self.server.serve(ready))
+        await asyncio.wait_for(ready.wait(), 5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def scripted(made: list[ScriptedAgent], script=()):  # type: ignore[no-untyped-def]
+    """An agent factory that keeps every ScriptedAgent it makes in `made`."""
+    def factory(ctx):  # type: ignore[no-untyped-def]
+        made.append(ScriptedAgent(ctx, list(script)))
+        return made[-1]
+
+    return factory

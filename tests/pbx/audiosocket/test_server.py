@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import uuid as uuidlib
 
@@ -15,10 +14,10 @@ from bridge.pbx.audiosocket.server import AudioSocketServer
 from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest, TransferRequest
 from tests.conftest import RecordingControl, make_settings
 from tests.fakes.audiosocket import FakeAudioSocketClient, tone
-from tests.pbx.ari.harness import ScriptedAgent, pcm_stats, wait_until
+from tests.pbx.ari.harness import ScriptedAgent, ServedIngress, pcm_stats, scripted, wait_until
 
 
-class Running:
+class Running(ServedIngress):
     """An AudioSocketServer on 127.0.0.1:<free port> with its own MediaCore; cancelled on exit."""
 
     def __init__(self, factory=None, **overrides) -> None:  # type: ignore[no-untyped-def]
@@ -27,27 +26,7 @@ class Running:
         self.settings = make_settings(**values)
         self.core = MediaCore(self.settings, factory)
         self.server = AudioSocketServer(self.core, self.settings)
-        self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> Running:
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(self.server.serve(ready))
-        await asyncio.wait_for(ready.wait(), 5)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-def scripted(made: list[ScriptedAgent], script=()):  # type: ignore[no-untyped-def]
-    def factory(ctx):  # type: ignore[no-untyped-def]
-        made.append(ScriptedAgent(ctx, list(script)))
-        return made[-1]
-
-    return factory
 
 
 async def test_dialplan_call_echoes_the_tone_at_the_same_pitch_and_level_then_asterisk_hangs_up():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import math
 import struct
@@ -19,7 +18,7 @@ from bridge.pbx.websocket.server import WebSocketServer
 from bridge.vendors.base import AgentAudio, AgentTurnEnd, HangupRequest
 from tests.conftest import RecordingControl, make_settings
 from tests.fakes.chan_websocket import FakeChanWebSocket
-from tests.pbx.ari.harness import ScriptedAgent, pcm_stats, wait_until
+from tests.pbx.ari.harness import ScriptedAgent, ServedIngress, pcm_stats, scripted, wait_until
 
 
 def ulaw_tone(hz: float, frames: int, amplitude: int = 8000) -> list[bytes]:
@@ -27,38 +26,18 @@ def ulaw_tone(hz: float, frames: int, amplitude: int = 8000) -> list[bytes]:
     return [g711.ulaw_encode(np.array(samples[i * 160 : (i + 1) * 160], dtype=np.int16)) for i in range(frames)]
 
 
-class Running:
+class Running(ServedIngress):
     def __init__(self, factory=None, **overrides) -> None:  # type: ignore[no-untyped-def]
         values = dict(websocket_listen=("127.0.0.1", 0), echo_delay_ms=60)
         values.update(overrides)
         self.settings = make_settings(**values)
         self.core = MediaCore(self.settings, factory)
         self.server = WebSocketServer(self.core, self.settings)
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def uri(self) -> str:
         return "ws://{}:{}/media".format(*self.server.address)
 
-    async def __aenter__(self) -> Running:
-        ready = asyncio.Event()
-        self._task = asyncio.create_task(self.server.serve(ready))
-        await asyncio.wait_for(ready.wait(), 5)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
-def scripted(made: list[ScriptedAgent], script=()):  # type: ignore[no-untyped-def]
-    def factory(ctx):  # type: ignore[no-untyped-def]
-        made.append(ScriptedAgent(ctx, list(script)))
-        return made[-1]
-
-    return factory
 
 
 def pcm(frames: list[bytes]) -> list[bytes]:
