@@ -10,6 +10,7 @@ Calls are placed with `originate` over ESL inbound; the A leg plays a WAV and re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -151,6 +152,11 @@ class FreeSwitchPeer:
         self.password = "ClueCon"  # the value in freeswitch/event_socket.conf.xml, used as shipped
         self.adapter_sip, self.adapter_esl = adapter_sip, adapter_esl
         self.proc: subprocess.Popen[bytes] | None = None
+        # mod_event_socket listens with a backlog of 5 (switch_socket_listen(listen_list.sock, 5)) and accepts on one
+        # thread: 20 originates connecting at once overflow it while that thread is slow, and the kernel drops
+        # the extra SYNs (retried after 1, 3, 7, 15 s...). Connections are made one at a time; commands run in
+        # parallel once connected.
+        self._connecting = threading.Lock()
         self._choose_ports()
 
     def _choose_ports(self) -> None:
@@ -236,9 +242,11 @@ class FreeSwitchPeer:
 
     def api(self, command: str, timeout: float = 30.0) -> str:
         """`api <command>` on a fresh ESL inbound connection; the api/response body."""
-        with socket.create_connection(("127.0.0.1", self.esl_port), timeout=timeout) as s:
-            f = s.makefile("rb")
-            _read_message(f)  # auth/request
+        with contextlib.ExitStack() as stack:
+            with self._connecting:
+                s = stack.enter_context(socket.create_connection(("127.0.0.1", self.esl_port), timeout=timeout))
+                f = s.makefile("rb")
+                _read_message(f)  # auth/request: FreeSWITCH accepted it, it is out of the listen backlog
             s.sendall(f"auth {self.password}\n\n".encode())
             headers, _ = _read_message(f)
             if not headers.get("Reply-Text", "").startswith("+OK"):
