@@ -242,6 +242,7 @@ class Call:
 
     def _on_media(self, media: Audio | Dtmf) -> None:
         """The uplink, run from the RTP receive callback: caller audio and key presses straight to the agent."""
+        self.core.clock.poll()  # a tick due now goes out before this burst of receive callbacks is over
         if self.agent is None or self._ended.is_set():
             return
         try:

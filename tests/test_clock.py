@@ -54,3 +54,23 @@ async def test_ticks_follow_the_schedule_and_a_stall_shows_as_a_gap(use_timerfd:
     count = len(rec.ticks)
     await asyncio.sleep(3 * TICK)
     assert len(rec.ticks) == count  # stopped with its last listener
+
+
+@linux_only
+async def test_a_due_tick_is_dispatched_by_poll_before_the_loop_wakes_and_only_once():
+    """The receive path polls the clock: a tick due while the loop is busy goes out at once, not after the burst."""
+    clock = SharedClock()
+    rec = Recorder()
+    clock.register(rec)
+    try:
+        clock.poll()
+        assert rec.ticks == []  # not due yet: nothing sent early
+        while time.monotonic() < clock.due + 0.002:  # the loop is busy (a burst of callbacks) past the tick
+            pass
+        clock.poll()
+        assert [t for t, _ in rec.ticks] == [1]  # sent from the poll, while the loop still had not woken
+        await asyncio.sleep(3 * TICK)  # the timerfd's readiness is handled now: tick 1 is not sent again
+        ticks = [t for t, _ in rec.ticks]
+        assert ticks[:2] == [1, 2] and ticks == sorted(set(ticks))
+    finally:
+        clock.unregister(rec)
