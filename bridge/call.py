@@ -261,6 +261,7 @@ class Call:
         assert self.agent is not None
         loop, publish = asyncio.get_running_loop(), self.core.events.publish
         async for event in self.agent.events():
+            self.core.clock.poll()  # and between vendor messages (150 OpenAI calls: ticks > 0.5 ms late 11 % -> 5 %)
             match event:
                 case AgentAudio(data=data, item_id=item_id):
                     if not self.playout:  # a reply starts: how long until its first frame leaves
