@@ -282,13 +282,13 @@ class Call:
                 case Transcript(role=role, text=text):
                     self.log.info("%s %s: %s", "<" if role == "caller" else ">", role, text)
                     publish(ev.TranscriptLine(self.call_id, role, text, self.offset()))
-                case ToolCall(name=name, arguments=arguments):
-                    self.log.info("> tool call %s", name)
-                    publish(ev.ToolCalled(self.call_id, name, arguments, self.offset()))
+                case ToolCall(name=name, arguments=arguments, outcome=outcome):
+                    self.log.info("> tool call %s (%s)", name, outcome)
+                    publish(ev.ToolCalled(self.call_id, self.vendor, name, arguments, outcome, self.offset()))
                 case UplinkLatency(seconds=seconds):
                     publish(ev.UplinkLatency(self.call_id, self.vendor, seconds))
-                case AgentReconnected():
-                    publish(ev.VendorReconnected(self.call_id, self.vendor, self.offset()))
+                case AgentReconnected(reason=reason):
+                    publish(ev.VendorReconnected(self.call_id, self.vendor, self.offset(), reason))
                 case HangupRequest(reason=reason):
                     await self._drain()
                     self.log.info("> agent hangs up: %s", reason)

@@ -66,11 +66,14 @@ class TranscriptLine:
 
 @dataclass(frozen=True)
 class ToolCalled:
-    """The agent called a tool (end_call, transfer_call, ...) with `arguments`."""
+    """The agent called a tool (end_call, transfer_call, ...) with `arguments`; `outcome` is how the bridge
+    answered: ok (a built-in), unavailable (declared in the prompt file, nothing runs it), unknown (undeclared)."""
 
     call_id: str
+    vendor: str
     name: str
     arguments: Mapping[str, Any]
+    outcome: str
     offset: float
 
 
@@ -86,11 +89,12 @@ class BargeIn:
 
 @dataclass(frozen=True)
 class VendorReconnected:
-    """The agent's vendor connection dropped and was re-established."""
+    """The agent's vendor connection was re-established: after a drop (`reason` dropped) or a goAway (goaway)."""
 
     call_id: str
     vendor: str
     offset: float
+    reason: str = "dropped"
 
 
 @dataclass(frozen=True)

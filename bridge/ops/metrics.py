@@ -29,6 +29,7 @@ from bridge.ops.events import (
     CallEnded,
     CallEvent,
     CallRefused,
+    ToolCalled,
     UplinkLatency,
     VendorReconnected,
 )
@@ -59,8 +60,12 @@ class Metrics:
                                ["ingress"], buckets=SETUP_BUCKETS, registry=r)
         self.connect = Histogram("sip_to_ai_vendor_connect_seconds", "Time for the vendor session to get ready",
                                  ["vendor"], buckets=SETUP_BUCKETS, registry=r)
-        self.reconnects = Counter("sip_to_ai_vendor_reconnects", "Vendor connections re-established after a drop",
-                                  ["vendor"], registry=r)
+        self.reconnects = Counter("sip_to_ai_vendor_reconnects",
+                                  "Vendor connections re-established, by reason (dropped, goaway)",
+                                  ["vendor", "reason"], registry=r)
+        self.tool_calls = Counter("sip_to_ai_tool_calls", "Tool calls of the agent answered, by outcome (ok: a "
+                                  "built-in; unavailable: declared, nothing runs it; unknown: undeclared)",
+                                  ["vendor", "outcome"], registry=r)
         self.barge_ins = Counter("sip_to_ai_barge_ins", "Times the caller interrupted the agent", ["vendor"],
                                  registry=r)
         self.downlink = Histogram("sip_to_ai_downlink_latency_seconds",
@@ -81,8 +86,10 @@ class Metrics:
                 self.connect.labels(vendor).observe(connect)
             case BargeIn(vendor=vendor):
                 self.barge_ins.labels(vendor).inc()
-            case VendorReconnected(vendor=vendor):
-                self.reconnects.labels(vendor).inc()
+            case VendorReconnected(vendor=vendor, reason=reason):
+                self.reconnects.labels(vendor, reason).inc()
+            case ToolCalled(vendor=vendor, outcome=outcome):
+                self.tool_calls.labels(vendor, outcome).inc()
             case AgentLatency(vendor=vendor, seconds=seconds):
                 self.downlink.labels(vendor).observe(seconds)
             case UplinkLatency(vendor=vendor, seconds=seconds):

@@ -69,15 +69,20 @@ class TransferRequest:
 @dataclass(frozen=True)
 class ToolCall:
     """The model called a tool (any tool, built-in or not), for the call's record; what it does follows as its
-    own event (HangupRequest, TransferRequest) when it is a built-in."""
+    own event (HangupRequest, TransferRequest) when it is a built-in. `outcome`: ok, unavailable or unknown
+    (tools.answer)."""
 
     name: str
     arguments: Mapping[str, Any]
+    outcome: str = "ok"
 
 
 @dataclass(frozen=True)
 class AgentReconnected:
-    """The vendor connection dropped and was re-established (the session goes on)."""
+    """The vendor connection was re-established (the session goes on): after a drop (`dropped`), or because the
+    vendor asked us to move (`goaway`: Gemini's goAway)."""
+
+    reason: str = "dropped"
 
 
 @dataclass(frozen=True)

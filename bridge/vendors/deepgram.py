@@ -142,10 +142,9 @@ class DeepgramAgent(WsAgent):
         for fn in data.get("functions", []):
             if not fn.get("client_side", False):
                 continue  # a server-side function: Deepgram runs it and answers itself
-            event = tools.tool_event(fn["name"], fn.get("arguments"))
-            result = tools.OK if event is not None else tools.UNAVAILABLE
+            record, result, event = tools.answer(fn["name"], fn.get("arguments"), self.ctx.prompt)
             reply = {"type": "FunctionCallResponse", "id": fn["id"], "name": fn["name"], "content": json.dumps(result)}
-            actions += [tools.called(fn["name"], fn.get("arguments")), Send(_json(reply))]
+            actions += [record, Send(_json(reply))]
             if event is not None:
                 actions.append(event)
         return actions

@@ -182,10 +182,9 @@ class GeminiAgent(WsAgent):
         replies: list[dict[str, Any]] = []
         events: list[Action] = []
         for call in body.get("functionCalls") or body.get("function_calls") or []:
-            event = tools.tool_event(call["name"], call.get("args"))
-            events.append(tools.called(call["name"], call.get("args")))
-            replies.append({"id": call.get("id", ""), "name": call["name"],
-                            "response": tools.OK if event is not None else tools.UNAVAILABLE})
+            record, result, event = tools.answer(call["name"], call.get("args"), self.ctx.prompt)
+            events.append(record)
+            replies.append({"id": call.get("id", ""), "name": call["name"], "response": result})
             if event is not None:
                 events.append(event)
         if not replies:

@@ -293,9 +293,8 @@ class OpenAIAgent(WsAgent):
 
     def _on_function_call(self, item: dict) -> list[Action]:
         """A completed tool call: built-ins become our events; others get UNAVAILABLE and the model goes on."""
-        request = tools.tool_event(item["name"], item.get("arguments"))
-        output = tools.OK if request is not None else tools.UNAVAILABLE
-        actions: list[Action] = [tools.called(item["name"], item.get("arguments"))]
+        record, output, request = tools.answer(item["name"], item.get("arguments"), self.ctx.prompt)
+        actions: list[Action] = [record]
         actions += [Send(json.dumps({"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": item["call_id"], "output": json.dumps(output)}}))]
         if request is not None:

@@ -2,8 +2,9 @@
 
 Each vendor module renders `declared_tools(prompt)` in its own tool format (OpenAI `session.tools`, Deepgram
 `agent.think.functions`, Gemini `tools[].functionDeclarations`) and turns a tool call back into our event with
-`tool_event(name, arguments)`. Tools declared in the prompt file beyond the built-ins are passed to the
-model as they are; a call to one is answered with `UNAVAILABLE` (the bridge has nothing to run it).
+`answer(name, arguments, prompt)`. Tools declared in the prompt file beyond the built-ins are passed to the
+model as they are; a call to one is answered with `UNAVAILABLE` (the bridge has nothing to run it), and so is
+a call to a tool nobody declared. The outcome (ok, unavailable, unknown) is counted per vendor in metrics.
 """
 
 from __future__ import annotations
@@ -90,9 +91,20 @@ def tool_event(name: str, arguments: str | Mapping[str, Any] | None) -> HangupRe
     return None
 
 
-def called(name: str, arguments: str | Mapping[str, Any] | None) -> ToolCall:
-    """The record of a tool call (every vendor emits one per call of any tool, before its effect)."""
-    return ToolCall(name, parse_arguments(arguments))
+def answer(name: str, arguments: str | Mapping[str, Any] | None,
+           prompt: AgentPrompt) -> tuple[ToolCall, Mapping[str, Any], HangupRequest | TransferRequest | None]:
+    """How the bridge answers one tool call: its record (every vendor emits it before the call's effect), the
+    result sent back to the vendor, and our event when it is a built-in.
+
+    The record's outcome: `ok` (a built-in, answered OK), `unavailable` (declared in the prompt file, nothing
+    here runs it) or `unknown` (declared nowhere: the model made the name up); the last two get UNAVAILABLE.
+    """
+    event = tool_event(name, arguments)
+    if event is not None:
+        outcome = "ok"
+    else:
+        outcome = "unavailable" if any(t.name == name for t in declared_tools(prompt)) else "unknown"
+    return ToolCall(name, parse_arguments(arguments), outcome), OK if event is not None else UNAVAILABLE, event
 
 
 def dtmf_text(digit: str) -> str:

@@ -471,7 +471,7 @@ class WsSession:
                     break
                 continue
             self.reconnects += 1
-            self._events.put_nowait(AgentReconnected())
+            self._events.put_nowait(AgentReconnected("goaway" if isinstance(exc, _Reconnect) else "dropped"))
             return ws
         self._finish(AgentClosed(f"{self.agent.vendor} lost: {why}", error=True))
         return None

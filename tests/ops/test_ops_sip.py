@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bridge import caller as uac
 from bridge.media import CallInfo, Codec, MediaLeg
-from bridge.vendors.base import AgentAudio, AgentInterrupted
+from bridge.vendors.base import AgentAudio, AgentInterrupted, AgentReconnected, ToolCall
 from tests.conftest import RecordingControl
 from tests.ops.harness import get, ops_bridge, scrape, until
 from tests.ops.test_webhooks import receiver
@@ -42,6 +42,24 @@ async def test_the_exposition_counts_the_calls_and_packets_made():
     assert sample(m, "sip_to_ai_rtp_dropped_total", reason="malformed") == 0
     assert ("process_cpu_seconds_total", ()) in m and sample(m, "sip_to_ai_ready") == 1
     assert sample(m, "sip_to_ai_asyncio_tasks") >= 1  # the scrape itself runs in one
+
+
+async def test_tool_calls_and_reconnects_are_counted_by_outcome_and_reason(tmp_path):
+    script = [(0.1, ToolCall("end_call", {}, "ok")), (0.0, ToolCall("lookup_order", {"id": "1"}, "unavailable")),
+              (0.0, ToolCall("made_up", {}, "unknown")), (0.0, ToolCall("lookup_order", {}, "unavailable")),
+              (0.0, AgentReconnected("dropped")), (0.0, AgentReconnected("goaway"))]
+    async with ops_bridge(lambda ctx: ScriptedAgent(ctx, script), call_records_dir=str(tmp_path)) as bridge:
+        await uac.place_calls(bridge.target, calls=1, seconds=0.6)
+        await until(lambda: not bridge.core.calls)
+        m = await scrape(bridge)
+    calls = {o: sample(m, "sip_to_ai_tool_calls_total", vendor="echo", outcome=o)
+             for o in ("ok", "unavailable", "unknown")}
+    assert calls == {"ok": 1, "unavailable": 2, "unknown": 1}
+    assert sample(m, "sip_to_ai_vendor_reconnects_total", vendor="echo", reason="dropped") == 1
+    assert sample(m, "sip_to_ai_vendor_reconnects_total", vendor="echo", reason="goaway") == 1
+    (summary,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert [t["name"] for t in summary["tool_calls"]] == ["end_call", "lookup_order", "made_up", "lookup_order"]
+    assert summary["reconnects"] == 2
 
 
 async def test_ready_is_503_at_max_calls_and_the_refusal_is_counted():

@@ -23,6 +23,7 @@ from bridge.vendors.base import (
     AgentContext,
     AgentEvent,
     HangupRequest,
+    ToolCall,
     TransferRequest,
 )
 from tests.conftest import make_settings
@@ -101,6 +102,7 @@ class ToolTests:
         conn = await fake.connection()
         fid = await self.call_tool(conn, "end_call", {"reason": "caller said bye"})
         assert await tool_answer(conn, fid, events, HangupRequest("caller said bye")) == {"ok": True}
+        assert events.of(ToolCall) == [ToolCall("end_call", {"reason": "caller said bye"}, "ok")]
 
     async def test_transfer_call(self, fake: Any, tools: tuple[Any, Collector]) -> None:
         _, events = tools
@@ -109,9 +111,11 @@ class ToolTests:
         await tool_answer(conn, fid, events, TransferRequest("sales"))
 
     async def test_unknown_tool_is_answered_unavailable(self, fake: Any, tools: tuple[Any, Collector]) -> None:
+        _, events = tools
         conn = await fake.connection()
         fid = await self.call_tool(conn, "look_up_order", {"order": "42"})
         assert (await tool_answer(conn, fid))["ok"] is False
+        assert events.of(ToolCall) == [ToolCall("look_up_order", {"order": "42"}, "unknown")]  # the prompt has none
 
 
 async def refusal(agent: Agent, match: str | None = None, secret: str = "") -> str:

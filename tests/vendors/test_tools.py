@@ -42,6 +42,16 @@ class TestToolEvent:
     def test_other_tools_are_not_ours(self):
         assert tools.tool_event("lookup_order", '{"id": "1"}') is None
 
+    def test_answer_counts_builtin_declared_and_made_up_tools_apart(self):
+        prompt = AgentPrompt(tools=({"name": "lookup_order", "description": "Find an order."},))
+        record, result, event = tools.answer("end_call", '{"reason": "bye"}', prompt)
+        assert (record.outcome, result, event) == ("ok", tools.OK, HangupRequest("bye"))
+        record, result, event = tools.answer("lookup_order", '{"id": "1"}', prompt)
+        assert (record.name, record.arguments, record.outcome) == ("lookup_order", {"id": "1"}, "unavailable")
+        assert (result, event) == (tools.UNAVAILABLE, None)
+        record, result, event = tools.answer("lookup_order", "{}", AgentPrompt())
+        assert (record.outcome, result, event) == ("unknown", tools.UNAVAILABLE, None)
+
     def test_garbage_arguments_are_empty(self):
         assert tools.parse_arguments("not json") == {}
         assert tools.parse_arguments("[1, 2]") == {}
