@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import random
@@ -59,42 +60,59 @@ def _vendor_main(kind: str, conn: Connection, mix: bool = False) -> None:
 
 
 async def _vendor(kind: str, conn: Connection, mix: bool = False) -> None:
-    """Run the fake `kind` until the parent says stop; send back its URL first. With `mix`, every session also
-    takes, now and then, one of the vendor's upsets (a barge-in, a dropped socket, a goAway) between replies."""
+    """Run the fake `kind` until the parent says stop; send back its URL first, and its tool figures whenever
+    the parent sends "tools". With `mix`, every session also takes, now and then, one of the vendor's upsets (a
+    barge-in, a call of the prompt's TOOL, a dropped socket, a goAway) between replies."""
     loop = asyncio.get_running_loop()
     speech = g711.encode(Codec.PCMU, (np.random.default_rng(1).normal(0, 3000, int(8000 * REPLY_SECONDS)))
                          .clip(-32767, 32767).astype(np.int16))
     talkers: set[asyncio.Task[None]] = set()
-    async with _fake(kind) as (fake, url, sessions, talk, upsets):
+    turns = itertools.count()  # the upsets taken, over every session: each kind gets its share
+    async with _fake(kind) as (tool_figures, url, sessions, talk, upsets):
         conn.send(url)
         seen = 0
-        stop = loop.run_in_executor(None, conn.recv)
-        while not stop.done():
+        asked = loop.run_in_executor(None, conn.recv)
+        while True:
             for s in sessions()[seen:]:
-                task = loop.create_task(_talker(talk, s, speech, upsets if mix else []))
+                task = loop.create_task(_talker(talk, s, speech, upsets if mix else [], turns))
                 talkers.add(task)
                 task.add_done_callback(talkers.discard)
             seen = len(sessions())
-            await asyncio.wait([stop], timeout=0.1)
+            await asyncio.wait([asked], timeout=0.1)
+            if asked.done():
+                if asked.exception() is not None or asked.result() != "tools":
+                    break
+                conn.send(tool_figures())
+                asked = loop.run_in_executor(None, conn.recv)
         for task in list(talkers):
             task.cancel()
 
 
-async def _talker(talk, session, speech: bytes, upsets: list) -> None:  # type: ignore[no-untyped-def]
+async def _talker(talk, session, speech: bytes, upsets: list, turns: Iterator[int]) -> None:  # type: ignore[no-untyped-def]
     await asyncio.sleep(random.uniform(0, 2 * REPLY_SECONDS))
-    turn = 0
     with contextlib.suppress(Exception):  # the call ended under it, or an upset cut the connection
         while True:
             await talk(session, speech)
+            if upsets:  # in turn; a drop or goAway ends this talker (the new connection gets its own)
+                await upsets[next(turns) % len(upsets)](session, speech)
             await asyncio.sleep(REPLY_SECONDS)
-            if upsets:  # in turn: a barge-in first, then a drop (or goAway), which ends this talker
-                await upsets[turn % len(upsets)](session, speech)
-                turn += 1
+
+
+# The harmless tool of the mix: declared in the prompt file (AGENT_PROMPT_FILE) as a user would; the bridge runs
+# nothing for it, so it answers {"ok": false, ...} and the model goes on (counted as outcome "unavailable").
+TOOL = {"name": "opening_hours", "description": "The shop's opening hours on a given day.",
+        "parameters": {"type": "object", "properties": {"day": {"type": "string"}}, "required": []}}
+TOOL_WAIT = 5.0  # seconds a fake waits for the bridge's answer to its tool call
+AT_HANGUP = 1.0  # an answer this close before its connection closed came as the call ended: the bridge may have
+# sent it while closing, after the call stopped reading its agent's events (so not counted in its metrics)
 
 
 @contextlib.asynccontextmanager
 async def _fake(kind: str):  # type: ignore[no-untyped-def]
-    """(fake, url, sessions(), talk(session, g711), upsets) for one vendor kind; each upset(session, g711)."""
+    """(tool_figures(), url, sessions(), talk(session, g711), upsets) for one vendor kind; each upset(session,
+    g711). tool_figures() is {"called": TOOL calls made, "answered": answers received, "at_hangup": answers
+    followed by their connection's close within AT_HANGUP} over every session."""
+    late = [0]  # answers at hangup
     if kind == "openai":
         from tests.fakes.openai_realtime import FakeRealtime
 
@@ -112,8 +130,20 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
             await asyncio.sleep(REPLY_SECONDS / 4)
             await s.speech_started()  # interrupt_response cancels the reply mid-stream
 
+        async def use_tool(s, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+            if _declared([t.get("name") for t in s.config.get("tools", [])]):
+                before = len(s.tool_outputs)
+                resp = s.call_tool(TOOL["name"], {"day": "today"})
+                await resp.task  # the function_call output item, then response.done: the bridge answers and
+                await _tool_answered(s, lambda: len(s.tool_outputs) > before, late)
+                await _until(lambda: s.response is not resp and s.response.done)  # asks a response, played out
+
+        def figures() -> dict[str, int]:
+            return {"called": sum(len(s.calls) for s in fake.sessions),
+                    "answered": sum(len(s.tool_outputs) for s in fake.sessions), "at_hangup": late[0]}
+
         try:
-            yield fake, url, lambda: fake.sessions, talk, [barge, _drop]
+            yield figures, url, lambda: fake.sessions, talk, [barge, use_tool, _drop]
         finally:
             await fake.stop()
     elif kind == "deepgram":
@@ -129,7 +159,13 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
                 await c.speak(audio, done=False)
                 await c.barge_in()
 
-            yield dg, dg.url, lambda: dg.connections, talk, [barge, _drop]
+            async def use_tool(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+                if _declared([f.get("name") for f in c.settings["agent"]["think"].get("functions", [])]):
+                    fid = await c.function_call(TOOL["name"], {"day": "today"})
+                    await _tool_answered(c, lambda: fid in c.responses, late)
+
+            yield (lambda: _answered(dg.connections, "responses", late), dg.url, lambda: dg.connections, talk,
+                   [barge, use_tool, _drop])
     elif kind == "gemini":
         from tests.fakes.gemini_live import FakeGeminiLive
 
@@ -145,12 +181,46 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
                 speaking.cancel()
                 await c.interrupt()
 
-            async def go_away(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
-                await c.go_away()
+            async def use_tool(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+                if _declared([f.get("name") for t in c.setup.get("tools", []) for f in t.get("functionDeclarations",
+                                                                                              [])]):
+                    fid = await c.tool_call(TOOL["name"], {"day": "today"})
+                    await _tool_answered(c, lambda: fid in c.tool_responses, late)
 
-            yield gm, gm.url, lambda: gm.connections, talk, [barge, _drop, go_away]
+            async def go_away(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
+                await c.go_away()  # the bridge resumes on a new connection; this one is over
+                raise ConnectionResetError("moved")
+
+            yield (lambda: _answered(gm.connections, "tool_responses", late), gm.url, lambda: gm.connections, talk,
+                   [barge, use_tool, go_away, _drop])
     else:
         raise ValueError(kind)
+
+
+def _declared(names: list[str]) -> bool:
+    """Whether the session declared TOOL (a model calls only the tools it was given)."""
+    return TOOL["name"] in names
+
+
+def _answered(connections: list, answers: str, late: list[int]) -> dict[str, int]:  # type: ignore[type-arg]
+    """The tool figures of a fake whose connections keep `pending` calls and their answers by id."""
+    done = sum(len(getattr(c, answers)) for c in connections)
+    return {"called": done + sum(len(c.pending) for c in connections), "answered": done, "at_hangup": late[0]}
+
+
+async def _tool_answered(session, answered, late: list[int]) -> None:  # type: ignore[no-untyped-def]
+    """Until the bridge has answered; counted in `late` when the connection then closes within AT_HANGUP."""
+    await _until(answered)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(AT_HANGUP):
+            await session.closed.wait()
+        late[0] += 1
+
+
+async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(TOOL_WAIT):
+        while not predicate():
+            await asyncio.sleep(0.01)
 
 
 async def _drop(session, audio: bytes) -> None:  # type: ignore[no-untyped-def]
@@ -448,12 +518,28 @@ class Run:
         return r.answered == r.calls and r.lost == 0 and r.foreign == 0 and r.worst_p99_ms <= P99_LIMIT_MS
 
 
+@dataclass
+class VendorProcess:
+    """A fake vendor running in its own process: its URL ('' for echo), and what its tool calls got."""
+
+    url: str
+    conn: Connection | None = None
+
+    def tool_figures(self) -> dict[str, int]:
+        """{"called": TOOL calls the fake made, "answered": answers it received} so far ({} for echo)."""
+        if self.conn is None:
+            return {}
+        self.conn.send("tools")
+        if not self.conn.poll(10):
+            raise RuntimeError("the fake vendor did not report its tool calls")
+        return self.conn.recv()
+
+
 @contextlib.contextmanager
-def vendor_process(kind: str, mix: bool = False) -> Iterator[str]:
-    """The fake vendor in its own process (with `mix`: barge-ins, drops, goAways; see `_vendor`); yields its URL
-    ('' for echo)."""
+def vendor_process(kind: str, mix: bool = False) -> Iterator[VendorProcess]:
+    """The fake vendor in its own process (with `mix`: barge-ins, tool calls, drops, goAways; see `_vendor`)."""
     if kind == "echo":
-        yield ""
+        yield VendorProcess("")
         return
     parent, child = mp.get_context("fork").Pipe()
     proc = mp.get_context("fork").Process(target=_vendor_main, args=(kind, child, mix), daemon=True)
@@ -461,7 +547,7 @@ def vendor_process(kind: str, mix: bool = False) -> Iterator[str]:
     try:
         if not parent.poll(20):
             raise RuntimeError(f"the fake {kind} did not start")
-        yield parent.recv()
+        yield VendorProcess(parent.recv(), parent)
     finally:
         with contextlib.suppress(Exception):
             parent.send("stop")
@@ -615,8 +701,8 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         print(HEADER, flush=True)
         for path in args.paths.split(","):
-            with vendor_process(path) as url:
-                env = vendor_env(path, url)
+            with vendor_process(path) as fake:
+                env = vendor_env(path, fake.url)
                 if args.profile is not None:
                     port = free_port()
                     r = measure("sip-to-ai", path, [sip_to_ai(port, (30000, 39999), env)], port, exact[0] if exact

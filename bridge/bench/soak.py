@@ -2,16 +2,21 @@
 
 One adapter process (`sip-to-ai serve`) per vendor path, each with its fake vendor in its own process (as the
 capacity bench runs them: the fakes speak their vendors' wire protocols on loopback, the agent talks back every
-few seconds). SIP callers keep arriving (Poisson) and hanging up (exponential hold times) while sending 20 ms
-G.711 frames. `--speed` compresses the clock: at `--speed 10` the arrivals of `--minutes` of real traffic, and
-each call's duration, come 10 times faster, so `--minutes 60 --speed 10` runs 6 minutes of wall time with the
-same number of calls, overlapping as much as in real time.
+few seconds and, between replies, barges in, calls a tool, drops its socket or sends goAway in turn). The tool is
+capacity.TOOL, declared in the adapters' AGENT_PROMPT_FILE as a user declares one; the bridge has nothing to run
+it and answers with an error result, and the fake counts the answers it gets. SIP callers keep arriving
+(Poisson) and hanging up (exponential hold times) while sending 20 ms G.711 frames. `--speed` compresses the
+clock: at `--speed 10` the arrivals of `--minutes` of real traffic, and each call's duration, come 10 times
+faster, so `--minutes 60 --speed 10` runs 6 minutes of wall time with the same number of calls, overlapping as
+much as in real time.
 
 Every few seconds each adapter is sampled: resident memory and open file descriptors (/proc/<pid>), asyncio
 tasks (`sip_to_ai_asyncio_tasks` on its admin endpoint), bound RTP ports (its UDP sockets in its RTP range) and
 live calls. At the end, with every call over, it prints the curves and the verdict: memory flat (the last
 quarter's mean within `--flat-mb` of the first quarter's), FDs, tasks and RTP ports back at their baseline
-(the sample before the first call).
+(the sample before the first call), the vendor mix counted by the adapter (`sip_to_ai_barge_ins_total`,
+`sip_to_ai_tool_calls_total`, `sip_to_ai_vendor_reconnects_total` by reason), and every tool answer the fake got
+counted by the adapter, no more.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from bridge.bench.capacity import (
     FRAME,
+    TOOL,
     Adapter,
     BenchCall,
     free_port,
@@ -64,7 +71,10 @@ class Sample:
     calls: int
 
 
-MIX_METRICS = {"barge-ins": "sip_to_ai_barge_ins_total", "reconnects": "sip_to_ai_vendor_reconnects_total"}
+MIX_METRICS = {"barge-ins": ("sip_to_ai_barge_ins_total", ""), "tool calls": ("sip_to_ai_tool_calls_total", ""),
+               "drops": ("sip_to_ai_vendor_reconnects_total", 'reason="dropped"'),
+               "goAways": ("sip_to_ai_vendor_reconnects_total", 'reason="goaway"')}
+GOAWAY_VENDORS = {"gemini"}  # whose fake sends goAway
 
 
 @dataclass
@@ -87,6 +97,8 @@ class Path_:
     fd_targets: list[str] = field(default_factory=list)  # at baseline, to name what an FD leak holds
     extra_fds: list[str] = field(default_factory=list)  # at the end, beyond fd_targets
     mix: dict[str, int] = field(default_factory=dict)  # the vendor fake's upsets the adapter counted, last scrape
+    tool_outcomes: dict[str, int] = field(default_factory=dict)  # sip_to_ai_tool_calls_total by outcome, last scrape
+    fake_tools: dict[str, int] = field(default_factory=dict)  # the fake's own count: TOOL calls made, answers got
 
     def fd_links(self) -> list[str]:
         out = []
@@ -101,8 +113,11 @@ class Path_:
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=5).read().decode()
         tasks = int(float(re.search(r"^sip_to_ai_asyncio_tasks (\S+)", metrics, re.M).group(1)))  # type: ignore[union-attr]
         calls = sum(float(v) for v in re.findall(r"^sip_to_ai_calls_active\{[^}]*\} (\S+)", metrics, re.M))
-        self.mix = {what: int(sum(float(v) for v in re.findall(rf"^{metric}\{{[^}}]*\}} (\S+)", metrics, re.M)))
-                    for what, metric in MIX_METRICS.items()}
+        self.mix = {what: int(sum(float(v) for v in re.findall(rf"^{metric}\{{[^}}]*{label}[^}}]*\}} (\S+)",
+                                                               metrics, re.M)))
+                    for what, (metric, label) in MIX_METRICS.items()}
+        self.tool_outcomes = {o: int(float(v)) for o, v in re.findall(
+            r'^sip_to_ai_tool_calls_total\{[^}]*outcome="([^"]*)"[^}]*\} (\S+)', metrics, re.M)}
         s = Sample(t, self.adapter.rss_bytes(), fds, tasks, ports, int(calls))
         self.samples.append(s)
         return s
@@ -279,15 +294,33 @@ def report(p: Path_, flat_mb: float) -> bool:
     step = max(1, len(s) // 12)
     for x in [baseline, *s[::step], end]:
         print(f"{x.t:7.0f}  {x.rss / MB:7.1f}  {x.fds:4d}  {x.tasks:5d}  {x.rtp_ports:3d}  {x.calls:5d}")
-    mixed = p.vendor == "echo" or all(p.mix.values())  # the echo agent has no vendor to upset it
-    print(f"   vendor mix: {', '.join(f'{n} {what}' for what, n in p.mix.items())}"
+    expected = {w: n for w, n in p.mix.items() if w != "goAways" or p.vendor in GOAWAY_VENDORS}
+    mixed = p.vendor == "echo" or all(expected.values())  # the echo agent has no vendor to upset it
+    print(f"   vendor mix: {', '.join(f'{n} {what}' for what, n in expected.items())}"
           f"{'' if mixed else ' (the mix did not happen)'}")
-    ok = last - first <= flat_mb and at_baseline(baseline, end) and p.failed == 0 and mixed
+    tools_ok = tools_answered(p)
+    ok = last - first <= flat_mb and at_baseline(baseline, end) and p.failed == 0 and mixed and tools_ok
     print(f"   memory first quarter {first:.1f} MB, last quarter {last:.1f} MB ({last - first:+.1f}); "
           f"fds {baseline.fds} -> {end.fds}; tasks {baseline.tasks} -> {end.tasks}; "
           f"rtp ports {baseline.rtp_ports} -> {end.rtp_ports}: {'PASS' if ok else 'FAIL'}")
     if p.extra_fds:
         print(f"   fds held beyond the baseline: {', '.join(p.extra_fds)}")
+    return ok
+
+
+def tools_answered(p: Path_) -> bool:
+    """The adapter counted every answer its fake got to a tool call, as `unavailable` (the fake calls only the
+    prompt's TOOL, which the bridge declares and cannot run), and no more; an answer sent as the call ended
+    (its connection closed within AT_HANGUP after) may go uncounted: the call stops reading its agent's events."""
+    if p.vendor == "echo":
+        return True
+    counted = sum(p.tool_outcomes.values())
+    answered, late = p.fake_tools.get("answered", -1), p.fake_tools.get("at_hangup", 0)
+    ok = 0 < answered - late <= counted <= answered and p.tool_outcomes.get("unavailable", 0) == counted
+    outcomes = ", ".join(f"{o} {n}" for o, n in sorted(p.tool_outcomes.items())) or "none"
+    print(f"   tool calls ({TOOL['name']}): the fake made {p.fake_tools.get('called')} and got {answered} answers "
+          f"({late} as its call ended); the adapter counted {counted} ({outcomes})"
+          f"{'' if ok else ': MISMATCH' if answered - late > 0 else ': NONE ANSWERED'}")
     return ok
 
 
@@ -297,11 +330,15 @@ def run(minutes: float, speed: float, vendors: list[str], every: float, flat_mb:
     wall = minutes * 60 / speed
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
-        urls = {vendor: stack.enter_context(vendor_process(vendor, mix=True)) for vendor in vendors}
+        fakes = {vendor: stack.enter_context(vendor_process(vendor, mix=True)) for vendor in vendors}
+        prompt = work / "agent_prompt.yaml"  # the mix's harmless tool, declared as a user declares tools
+        prompt.write_text(yaml.safe_dump({"instructions": "Answer the caller briefly.", "tools": [TOOL]}))
         paths: list[Path_] = []
         load0 = Path("/proc/loadavg").read_text().split()[:3]
         try:
-            asyncio.run(_run(paths, urls, work, wall, speed, every, ingresses))
+            asyncio.run(_run(paths, {v: f.url for v, f in fakes.items()}, work, wall, speed, every, ingresses))
+            for p in paths:
+                p.fake_tools = fakes[p.vendor].tool_figures()
         finally:
             for p in paths:
                 p.adapter.stop()
@@ -329,7 +366,7 @@ async def _run(paths: list[Path_], urls: dict[str, str], work: Path, wall: float
             rtp0 = rtp_span(random.Random())
             admin, esl = free_port(), free_port()
             env = {**vendor_env(vendor, url), "ADMIN_LISTEN": f"127.0.0.1:{admin}", "MAX_CALLS": "100",
-                   "ESL_LISTEN": f"127.0.0.1:{esl}"}
+                   "ESL_LISTEN": f"127.0.0.1:{esl}", "AGENT_PROMPT_FILE": str(work / "agent_prompt.yaml")}
             if ari is not None:
                 env.update(ARI_URL=ari.url, ARI_USERNAME="adapter", ARI_PASSWORD="secret", ARI_APP=f"soak-{vendor}")
             adapter = sip_to_ai(free_port(), (rtp0, rtp0 + RTP_SPAN - 1), env)
