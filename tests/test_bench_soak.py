@@ -17,8 +17,8 @@ def test_a_short_soak_leaves_nothing_behind(capsys):
     assert "[echo] calls placed" in out and "[openai] calls placed" in out
     assert " answered 0 " not in out and " 0 SIP" not in out and " 0 ESL" not in out and " 0 ARI" not in out
     assert "barge-ins" in out and "(the mix did not happen)" not in out
-    (made, answered, late, counted), = re.findall(
-        r"the fake made (\d+) and got (\d+) answers \((\d+) as its call ended\); the adapter counted (\d+) "
+    (answered, late, counted), = re.findall(
+        r"the fake made \d+ and got (\d+) answers \((\d+) as its call ended\); the adapter counted (\d+) "
         r"\(unavailable \d+\)\n", out)
-    assert 0 < int(answered) - int(late) <= int(counted) <= int(answered) <= int(made)
+    assert 0 < int(answered) - int(late) <= int(counted) <= int(answered)
     assert ok

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import multiprocessing as mp
@@ -110,9 +111,9 @@ AT_HANGUP = 1.0  # an answer this close before its connection closed came as the
 @contextlib.asynccontextmanager
 async def _fake(kind: str):  # type: ignore[no-untyped-def]
     """(tool_figures(), url, sessions(), talk(session, g711), upsets) for one vendor kind; each upset(session,
-    g711). tool_figures() is {"called": TOOL calls made, "answered": answers received, "at_hangup": answers
-    followed by their connection's close within AT_HANGUP} over every session."""
-    late = [0]  # answers at hangup
+    g711). tool_figures() is {"called": TOOL calls sent on a live connection, "answered": answers received,
+    "at_hangup": answers followed by their connection's close within AT_HANGUP} over every session."""
+    tally = collections.Counter[str]()  # called, at_hangup
     if kind == "openai":
         from tests.fakes.openai_realtime import FakeRealtime
 
@@ -135,15 +136,12 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
                 before = len(s.tool_outputs)
                 resp = s.call_tool(TOOL["name"], {"day": "today"})
                 await resp.task  # the function_call output item, then response.done: the bridge answers and
-                await _tool_answered(s, lambda: len(s.tool_outputs) > before, late)
+                await _tool_answered(s, lambda: len(s.tool_outputs) > before, tally)
                 await _until(lambda: s.response is not resp and s.response.done)  # asks a response, played out
 
-        def figures() -> dict[str, int]:
-            return {"called": sum(len(s.calls) for s in fake.sessions),
-                    "answered": sum(len(s.tool_outputs) for s in fake.sessions), "at_hangup": late[0]}
-
         try:
-            yield figures, url, lambda: fake.sessions, talk, [barge, use_tool, _drop]
+            yield (lambda: _figures(tally, fake.sessions, "tool_outputs"), url, lambda: fake.sessions, talk,
+                   [barge, use_tool, _drop])
         finally:
             await fake.stop()
     elif kind == "deepgram":
@@ -162,9 +160,9 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
             async def use_tool(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
                 if _declared([f.get("name") for f in c.settings["agent"]["think"].get("functions", [])]):
                     fid = await c.function_call(TOOL["name"], {"day": "today"})
-                    await _tool_answered(c, lambda: fid in c.responses, late)
+                    await _tool_answered(c, lambda: fid in c.responses, tally)
 
-            yield (lambda: _answered(dg.connections, "responses", late), dg.url, lambda: dg.connections, talk,
+            yield (lambda: _figures(tally, dg.connections, "responses"), dg.url, lambda: dg.connections, talk,
                    [barge, use_tool, _drop])
     elif kind == "gemini":
         from tests.fakes.gemini_live import FakeGeminiLive
@@ -185,13 +183,13 @@ async def _fake(kind: str):  # type: ignore[no-untyped-def]
                 if _declared([f.get("name") for t in c.setup.get("tools", []) for f in t.get("functionDeclarations",
                                                                                               [])]):
                     fid = await c.tool_call(TOOL["name"], {"day": "today"})
-                    await _tool_answered(c, lambda: fid in c.tool_responses, late)
+                    await _tool_answered(c, lambda: fid in c.tool_responses, tally)
 
             async def go_away(c, audio: bytes) -> None:  # type: ignore[no-untyped-def]
                 await c.go_away()  # the bridge resumes on a new connection; this one is over
                 raise ConnectionResetError("moved")
 
-            yield (lambda: _answered(gm.connections, "tool_responses", late), gm.url, lambda: gm.connections, talk,
+            yield (lambda: _figures(tally, gm.connections, "tool_responses"), gm.url, lambda: gm.connections, talk,
                    [barge, use_tool, go_away, _drop])
     else:
         raise ValueError(kind)
@@ -202,19 +200,23 @@ def _declared(names: list[str]) -> bool:
     return TOOL["name"] in names
 
 
-def _answered(connections: list, answers: str, late: list[int]) -> dict[str, int]:  # type: ignore[type-arg]
-    """The tool figures of a fake whose connections keep `pending` calls and their answers by id."""
-    done = sum(len(getattr(c, answers)) for c in connections)
-    return {"called": done + sum(len(c.pending) for c in connections), "answered": done, "at_hangup": late[0]}
+def _figures(tally: collections.Counter[str], sessions: list, answers: str) -> dict[str, int]:  # type: ignore[type-arg]
+    """The tool figures: the tally, and the answers every session's fake connection holds in `answers`."""
+    return {"called": tally["called"], "answered": sum(len(getattr(s, answers)) for s in sessions),
+            "at_hangup": tally["at_hangup"]}
 
 
-async def _tool_answered(session, answered, late: list[int]) -> None:  # type: ignore[no-untyped-def]
-    """Until the bridge has answered; counted in `late` when the connection then closes within AT_HANGUP."""
+async def _tool_answered(session, answered, tally: collections.Counter[str]) -> None:  # type: ignore[no-untyped-def]
+    """A tool call just sent: counted when its connection was still up, then waited for until the bridge has
+    answered; counted at_hangup when the connection closes within AT_HANGUP after."""
+    if session.closed.is_set():
+        return  # the call ended first: nothing went out (and the talker ends at its next step)
+    tally["called"] += 1
     await _until(answered)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(AT_HANGUP):
             await session.closed.wait()
-        late[0] += 1
+        tally["at_hangup"] += 1
 
 
 async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
