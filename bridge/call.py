@@ -29,6 +29,7 @@ from bridge.clock import TICK, SharedClock
 from bridge.codec import convert
 from bridge.config import Settings
 from bridge.errors import AgentError, AgentRefused, NoPortAvailable
+from bridge.listen import ConnectionCap
 from bridge.media import FRAME_MS, Address, CallControl, CallInfo, Codec, MediaLeg
 from bridge.ops import events as ev
 from bridge.rtp.endpoint import PortPool, RtpEndpoint
@@ -354,6 +355,7 @@ class MediaCore:
         self.events = ev.EventBus()
         self.totals = Totals()
         self.links: dict[str, Callable[[], bool]] = {}  # configured PBX control links (ARI, ESL inbound): up?
+        self.listeners: dict[str, ConnectionCap] = {}  # every TCP listener's connection cap, by name (metrics)
         self.tap_factory: Callable[[str, Codec], MediaTap | None] | None = None
         self._awaiting_stream: dict[str, Call] = {}
         self._released_streams: dict[str, None] = {}  # ids of calls gone before their connection came (bounded)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from bridge.listen import ADMIN_CONNECTIONS, ConnectionCap
 from bridge.ops.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,18 @@ def admin_app(exposition: Callable[[], bytes], not_ready: Callable[[], str | Non
     return app
 
 
-async def serve_admin(app: web.Application, host: str, port: int,
+def admin_cap() -> ConnectionCap:
+    """ADMIN_CONNECTIONS at once; beyond, the oldest goes, so that idle clients cannot lock out a scrape."""
+    return ConnectionCap("admin", ADMIN_CONNECTIONS, at_cap="evict")
+
+
+async def serve_admin(app: web.Application, host: str, port: int, cap: ConnectionCap,
                       started: Callable[[tuple[str, int]], None] | None = None) -> None:
-    """Serve `app` on host:port until cancelled. `started` gets the bound address (port 0 picks one)."""
+    """Serve `app` on host:port under `cap` until cancelled. `started` gets the bound address (port 0 picks one)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                            keepalive_timeout=IDLE_TIMEOUT)  # idle, half-open and trickling clients closed
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        address = runner.addresses[0][:2]
+    async with cap.serve_web(runner, host, port) as address:
         log.info("admin: http://%s:%d/metrics /health /ready", *address)
         if started is not None:
             started(address)
         await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()

@@ -183,8 +183,24 @@ class CoreCollector:
         tasks = GaugeMetricFamily("sip_to_ai_asyncio_tasks", "asyncio tasks alive in the adapter (leak watch)")
         tasks.add_metric([], len(asyncio.all_tasks()))
         yield tasks
+        yield from self._listeners()
         links = GaugeMetricFamily("sip_to_ai_control_link_up", "Configured PBX control links (ARI, ESL inbound)",
                                   labels=["link"])
         for name, up in sorted(self.core.links.items()):
             links.add_metric([name], 1 if up() else 0)
         yield links
+
+    def _listeners(self) -> Iterator[Metric]:
+        open_ = GaugeMetricFamily("sip_to_ai_connections_open", "Accepted TCP connections open, by listener",
+                                  labels=["listener"])
+        dropped = CounterMetricFamily("sip_to_ai_connections_dropped", "Connections closed as their listener was at "
+                                      "its cap: a new one at accept (limit), or the oldest for a new one (evicted)",
+                                      labels=["listener", "reason"])
+        for name, cap in sorted(self.core.listeners.items()):
+            open_.add_metric([name], cap.open)
+            if cap.at_cap == "refuse":
+                dropped.add_metric([name, "limit"], cap.refused)
+            else:
+                dropped.add_metric([name, "evicted"], cap.evicted)
+        yield open_
+        yield dropped

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import Settings
-from bridge.ops.admin import admin_app, serve_admin
+from bridge.ops.admin import admin_app, admin_cap, serve_admin
 from bridge.ops.logs import Redactor
 from bridge.ops.metrics import Metrics
 from bridge.ops.records import RecordsWriter
@@ -45,6 +45,7 @@ class Ops:
             records = self.records
             core.events.subscribe(Summaries(sinks, records.name if records and records.audio else lambda _: None))
         self._app = admin_app(self.metrics.exposition, core.not_ready)
+        self._cap = core.listeners["admin"] = admin_cap()
 
     def describe(self) -> list[str]:
         s = self.settings
@@ -77,7 +78,7 @@ class Ops:
 
     async def _serve_admin(self, host: str, port: int) -> None:
         try:
-            await serve_admin(self._app, host, port, self._set_address)
+            await serve_admin(self._app, host, port, self._cap, self._set_address)
         except OSError as exc:  # another process holds the port: calls matter more than the admin endpoint
             log.error("! ADMIN_LISTEN=%s:%d cannot be served (%s): no /metrics, /health, /ready", host, port,
                       exc.strerror or exc)

@@ -15,6 +15,7 @@ import socket
 
 from bridge.call import Call, MediaCore
 from bridge.config import Settings
+from bridge.listen import ConnectionCap
 from bridge.media import Address, CallInfo, LegTransfer, MediaLeg
 from bridge.sip.events import (
     CallCancelled,
@@ -48,7 +49,7 @@ class SipServer:
         self.uas: Uas | None = None
         self.address: Address = (settings.sip_domain, settings.sip_port)
         self.denied = 0
-        self.streams_refused = 0  # SIP/TCP connections closed at once: MAX_STREAMS open already
+        self.streams = core.listeners["sip"] = ConnectionCap("sip", MAX_STREAMS)  # SIP/TCP connections
         self.streams_timed_out = 0  # closed because a message did not complete within MESSAGE_TIMEOUT
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -83,7 +84,7 @@ class SipServer:
             self._udp, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=(host, port))
             port = self._udp.get_extra_info("sockname")[1]
         if kind in ("tcp", "both"):
-            self._tcp = await loop.create_server(lambda: _Stream(self), host, port, reuse_address=True)
+            self._tcp = await self.streams.listen(lambda: _Stream(self), host, port)
             port = self._tcp.sockets[0].getsockname()[1]
         self.address = (host, port)
         transport = "UDP" if self._udp else "TCP"
@@ -340,9 +341,10 @@ class _Datagrams(asyncio.DatagramProtocol):
 class _Stream(asyncio.Protocol):
     """A TCP connection: messages framed by Content-Length (§18.3); responses go back on it.
 
-    At most MAX_STREAMS at once. A connection must send its first message, and finish any message it begins,
-    within MESSAGE_TIMEOUT: a half-open or trickling peer is closed. One that has sent SIP and then idles is
-    kept, as RFC 3261 §18.3 leaves closing to the side that opened it (a PBX keeps its trunk connection up).
+    At most MAX_STREAMS at once (more are closed at accept, by SipServer.streams). A connection must send its
+    first message, and finish any message it begins, within MESSAGE_TIMEOUT: a half-open or trickling peer is
+    closed. One that has sent SIP and then idles is kept, as RFC 3261 §18.3 leaves closing to the side that
+    opened it (a PBX keeps its trunk connection up).
     """
 
     def __init__(self, server: SipServer) -> None:
@@ -360,11 +362,6 @@ class _Stream(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self.server.allowed(self.peer):
             self.server.denied += 1
-            transport.close()
-            return
-        if len(self.server._streams) >= MAX_STREAMS:
-            self.server.streams_refused += 1
-            log.debug("! SIP/TCP from %s:%d closed: %d connections open already", *self.peer, MAX_STREAMS)
             transport.close()
             return
         self.server._streams[self.peer] = self.transport  # type: ignore[assignment]

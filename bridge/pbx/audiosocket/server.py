@@ -24,6 +24,7 @@ from bridge.call import Call, CallLog, MediaCore
 from bridge.codec import g711
 from bridge.codec.resample import StreamResampler
 from bridge.config import Settings, allowed
+from bridge.listen import ConnectionCap
 from bridge.media import SAMPLE_RATE, Address, CallInfo, Codec, MediaLeg
 from bridge.pbx.audiosocket import protocol as wire
 from bridge.pbx.audiosocket.protocol import AudioSocketError, AudioSocketParser
@@ -195,6 +196,7 @@ class AudioSocketServer:
         self.address: Address = settings.audiosocket_listen
         self.sessions: set[AudioSocketSession] = set()
         self.refused = 0
+        self.cap = core.listeners["audiosocket"] = ConnectionCap.for_calls("audiosocket", settings.max_calls)
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Accept until cancelled; cancelling ends every call of this server (their sockets close)."""
@@ -208,7 +210,7 @@ class AudioSocketServer:
                     return
                 tg.create_task(self._session(reader, writer))
 
-            server = await asyncio.start_server(accept, *self.settings.audiosocket_listen)
+            server = await self.cap.listen_streams(accept, *self.settings.audiosocket_listen)
             self.address = server.sockets[0].getsockname()[:2]
             log.info("= audiosocket server on %s:%d", *self.address)
             async with server:

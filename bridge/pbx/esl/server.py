@@ -19,6 +19,7 @@ import uuid as uuidlib
 from bridge.call import Call, CallLog, MediaCore
 from bridge.config import Settings, allowed
 from bridge.errors import BridgeError
+from bridge.listen import ConnectionCap
 from bridge.media import Address, CallInfo, Codec, MediaLeg
 from bridge.pbx.esl import protocol as esl
 from bridge.pbx.esl.client import EslConnection
@@ -291,6 +292,7 @@ class EslOutboundServer:
         self.address: Address = settings.esl_listen
         self.sessions: set[OutboundSession] = set()
         self.refused = 0
+        self.cap = core.listeners["esl"] = ConnectionCap.for_calls("esl", settings.max_calls)
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         """Accept until cancelled; cancelling hangs up every live call of this server."""
@@ -304,7 +306,7 @@ class EslOutboundServer:
                     return
                 tg.create_task(self._session(reader, writer))
 
-            server = await asyncio.start_server(accept, *self.settings.esl_listen)
+            server = await self.cap.listen_streams(accept, *self.settings.esl_listen)
             self.address = server.sockets[0].getsockname()[:2]
             log.info("= esl outbound server on %s:%d", *self.address)
             async with server:

@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 
 from bridge.call import Call, CallLog, MediaCore
 from bridge.config import Settings, allowed
+from bridge.listen import ConnectionCap
 from bridge.media import Address, CallInfo, Codec, MediaLeg
 from bridge.pbx.websocket import protocol as ws_protocol
 from bridge.pbx.websocket.protocol import DtmfEnd, FlowControl, MediaStart, Other, WebSocketProtocolError
@@ -198,6 +199,7 @@ class WebSocketServer:
         self.address: Address = settings.websocket_listen
         self.sessions: set[MediaSession] = set()
         self.refused = 0
+        self.cap = core.listeners["websocket"] = ConnectionCap.for_calls("websocket", settings.max_calls)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not allowed(request.remote or "", self.settings.websocket_allowed_cidrs):  # every call spends money
@@ -222,17 +224,11 @@ class WebSocketServer:
         app = web.Application()
         app.router.add_get("/{tail:.*}", self.handle)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, *self.settings.websocket_listen)
-            await site.start()
-            self.address = runner.addresses[0][:2]
+        async with self.cap.serve_web(runner, *self.settings.websocket_listen) as self.address:
             log.info("= websocket media server on %s:%d", *self.address)
             if ready is not None:
                 ready.set()
             await asyncio.Future()  # until cancelled
-        finally:
-            await runner.cleanup()
 
 
 async def serve_websocket(core: MediaCore, settings: Settings, ready: asyncio.Event | None = None) -> None:
