@@ -32,8 +32,6 @@ class ConnectionCap:
     """At most `limit` accepted connections of listener `name` open at once (`at_cap` says what gives way)."""
 
     def __init__(self, name: str, limit: int, at_cap: AtCap = "refuse") -> None:
-        if limit < 1:
-            raise ValueError(f"connection cap of {name} must be at least 1, not {limit}")
         self.name = name
         self.limit = limit
         self.at_cap = at_cap
@@ -85,27 +83,25 @@ class ConnectionCap:
 
     def _admit(self, connection: _Capped, transport: asyncio.BaseTransport) -> bool:
         if len(self._open) >= self.limit:
-            self._warn()
             if self.at_cap == "refuse":
                 self.refused += 1
+                self._warn("new ones closed at accept", self.refused)
                 transport.close()
                 return False
-            oldest = next(iter(self._open))
             self.evicted += 1
-            self._open.pop(oldest).abort()  # type: ignore[attr-defined]  # abort: a full send buffer waits not
+            self._warn("the oldest closed for each new one", self.evicted)
+            self._open.pop(next(iter(self._open))).abort()  # type: ignore[attr-defined]  # a full send buffer waits not
         self._open[connection] = transport
         return True
 
     def _release(self, connection: _Capped) -> None:
         self._open.pop(connection, None)
 
-    def _warn(self) -> None:
+    def _warn(self, what: str, count: int) -> None:
         now = time.monotonic()
         if now - self._warned >= WARN_EVERY:
             self._warned = now
-            what = "new ones closed at accept" if self.at_cap == "refuse" else "the oldest closed for each new one"
-            log.warning("! %s: %d connections open, its cap: %s (refused %d, evicted %d so far)",
-                        self.name, self.limit, what, self.refused, self.evicted)
+            log.warning("! %s: at its cap of %d open connections, %s (%d so far)", self.name, self.limit, what, count)
 
 
 class _Capped(asyncio.Protocol):

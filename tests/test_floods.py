@@ -9,7 +9,9 @@ live call's interval error p99, memory before and after) are printed, not assert
 Slow clients: half-open and trickling SIP/TCP connections are closed after MESSAGE_TIMEOUT (shortened here by
 launching `serve` with the module constant set), connections beyond MAX_STREAMS are closed at once, a
 connection that spoke SIP stays; an ESL connection that never answers `connect` is closed after the command
-timeout; the admin endpoint closes idle and trickling connections after its IDLE_TIMEOUT.
+timeout; the admin endpoint closes idle and trickling connections after its IDLE_TIMEOUT. Idle connections
+beyond each listener's cap leave the process's FDs bounded: ESL (MAX_CALLS + CALL_HEADROOM) closes the new ones
+at once, the admin endpoint (ADMIN_CONNECTIONS) the oldest ones, so that a scrape still gets through.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 
+from bridge import listen
 from bridge.bench import capacity
 from bridge.bench.capacity import Adapter, BenchCall
 from bridge.ops import admin
@@ -170,27 +173,37 @@ def rss(a: Adapter) -> int:
     return a.rss_bytes()
 
 
-async def test_floods_leave_a_live_call_alone(adapter: tuple[Adapter, dict[str, int]]) -> None:
-    a, ports = adapter
-    port = ports["sip"]
+@contextlib.asynccontextmanager
+async def live_call(port: int, seconds: float) -> AsyncIterator[BenchCall]:
+    """A SIP call to the echo agent with `seconds` of caller media, sent from now on; BYE once it is all sent."""
     live = BenchCall(f"sip:echo@127.0.0.1:{port}", "127.0.0.1")
     await live.open()
     try:
         assert await live.invite()
         listening = asyncio.create_task(live.listen())
-        media = asyncio.create_task(capacity._send_media([live], 8.0))
+        media = asyncio.create_task(capacity._send_media([live], seconds))
+        try:
+            yield live
+            await media
+        finally:
+            media.cancel()
+            listening.cancel()
+        await live.bye()
+    finally:
+        live.close()
+
+
+async def test_floods_leave_a_live_call_alone(adapter: tuple[Adapter, dict[str, int]]) -> None:
+    a, ports = adapter
+    port = ports["sip"]
+    async with live_call(port, 8.0) as live:
         await asyncio.sleep(1.0)
         before, rss0 = await scrape(ports["admin"]), rss(a)
         statuses, retry_after = await invite_flood(port, 400)
         flooded = await asyncio.to_thread(rtp_flood, live.remote_rtp, 4000)
         await asyncio.to_thread(junk_flood, port, 2000)
-        await media
-        listening.cancel()
-        await live.bye()
-        await asyncio.sleep(1.0)
-        after, rss1 = await scrape(ports["admin"]), rss(a)
-    finally:
-        live.close()
+    await asyncio.sleep(1.0)
+    after, rss1 = await scrape(ports["admin"]), rss(a)
     errors, packets, lost = capacity.call_figures(live.rtp.arrivals)  # type: ignore[attr-defined]
     foreign = (after['sip_to_ai_rtp_dropped_total{reason="foreign_source"}']
                - before['sip_to_ai_rtp_dropped_total{reason="foreign_source"}'])
@@ -270,3 +283,36 @@ async def test_slow_and_idle_connections_are_bounded_and_timed_out(adapter: tupl
         for _, w in [talker, *half_open, trickler, *extra, esl, admin_idle, admin_slow]:
             w.close()
     await until(lambda: len(os.listdir(f"/proc/{a.proc.pid}/fd")) <= fds0, 5.0)  # type: ignore[union-attr]
+
+
+async def test_idle_floods_beyond_the_caps_keep_fds_bounded(adapter: tuple[Adapter, dict[str, int]]) -> None:
+    a, ports = adapter
+    esl_cap, admin_cap, extra = 1 + listen.CALL_HEADROOM, listen.ADMIN_CONNECTIONS, 12  # MAX_CALLS=1
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{a.proc.pid}/fd"))  # type: ignore[union-attr]
+
+    flood: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    async with live_call(ports["sip"], 3.0) as live:
+        try:
+            await asyncio.sleep(0.3)
+            fds0 = fds()
+            flood += [await asyncio.open_connection("127.0.0.1", ports["esl"]) for _ in range(esl_cap + extra)]
+            flood += [await asyncio.open_connection("127.0.0.1", ports["admin"]) for _ in range(admin_cap + extra)]
+            closed = await asyncio.gather(*(_closed_within(r, 1.0) for r, _ in flood))
+            during = fds()
+            scraped = await scrape(ports["admin"])  # admitted: the oldest idle admin connection goes for it
+        finally:
+            for _, w in flood:
+                w.close()
+    errors, packets, lost = capacity.call_figures(live.rtp.arrivals)  # type: ignore[attr-defined]
+    print(f"\nidle flood: {esl_cap + extra} ESL, {admin_cap + extra} admin connections; adapter FDs {fds0} -> "
+          f"{during}; live call {packets} packets, lost {lost}, interval error p99 {np.percentile(errors, 99):.2f} ms")
+    assert closed[:esl_cap + extra] == [False] * esl_cap + [True] * extra  # new ones beyond the cap, at once
+    assert closed[esl_cap + extra:] == [True] * extra + [False] * admin_cap  # the oldest, for the new ones
+    assert during - fds0 <= esl_cap + admin_cap
+    assert scraped['sip_to_ai_connections_dropped_total{listener="esl",reason="limit"}'] == extra
+    assert scraped['sip_to_ai_connections_dropped_total{listener="admin",reason="evicted"}'] == extra + 1
+    assert scraped['sip_to_ai_connections_open{listener="esl"}'] == esl_cap
+    assert lost == 0 and packets > 50  # 3 s of 20 ms frames less the warm-up second, echoed back
+    await until(lambda: fds() <= fds0, 5.0)
