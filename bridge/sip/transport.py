@@ -49,7 +49,7 @@ class SipServer:
         self.uas: Uas | None = None
         self.address: Address = (settings.sip_domain, settings.sip_port)
         self.denied = 0
-        self.streams = core.listeners["sip"] = ConnectionCap("sip", MAX_STREAMS)  # SIP/TCP connections
+        self.streams = ConnectionCap("sip", MAX_STREAMS)  # SIP/TCP connections
         self.streams_timed_out = 0  # closed because a message did not complete within MESSAGE_TIMEOUT
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -84,6 +84,7 @@ class SipServer:
             self._udp, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=(host, port))
             port = self._udp.get_extra_info("sockname")[1]
         if kind in ("tcp", "both"):
+            self.core.listeners["sip"] = self.streams
             self._tcp = await self.streams.listen(lambda: _Stream(self), host, port)
             port = self._tcp.sockets[0].getsockname()[1]
         self.address = (host, port)
