@@ -419,7 +419,7 @@ def check_esl_stream(chunks: list[bytes]) -> None:
     parser = esl.EslParser()
     for chunk in chunks:
         try:
-            with bounded(len(chunk)):
+            with bounded(len(parser._buf) + len(chunk)):  # the parse works on all it holds, not this chunk alone
                 messages = parser.feed(chunk)
         except esl.EslProtocolError:
             return
@@ -572,7 +572,7 @@ def check_audiosocket(chunks: list[bytes]) -> None:
     parser = audiosocket.AudioSocketParser()
     for chunk in chunks:
         try:
-            with bounded(len(chunk)):
+            with bounded(len(parser._buf) + len(chunk)):  # the parse works on all it holds, not this chunk alone
                 messages = parser.feed(chunk)
         except audiosocket.AudioSocketError:
             return
