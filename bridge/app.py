@@ -17,6 +17,7 @@ from typing import Any
 
 from bridge.call import MediaCore
 from bridge.config import Settings
+from bridge.listen import ADMIN_CONNECTIONS, call_cap, descriptors_needed, ensure_descriptors
 from bridge.media import LegTransfer
 from bridge.ops.service import Ops
 
@@ -118,10 +119,22 @@ def realtime_priority(priority: int) -> str:
     return f"scheduling: SCHED_RR priority {priority} (REALTIME_PRIORITY)"
 
 
+def connection_caps(settings: Settings) -> list[int]:
+    """The connection cap of every TCP listener the settings switch on (bridge/listen.py)."""
+    from bridge.sip.transport import MAX_STREAMS
+
+    caps = [MAX_STREAMS] if settings.sip_enabled and settings.sip_transport_type != "udp" else []
+    caps += [call_cap(settings.max_calls) for on in (settings.esl_listen, settings.audiosocket_listen,
+                                                     settings.websocket_listen) if on]
+    return caps + ([ADMIN_CONNECTIONS] if settings.admin_listen else [])
+
+
 async def serve(settings: Settings, core: MediaCore | None = None) -> None:
     """Run every configured ingress until SIGTERM/SIGINT, then drain."""
-    if line := realtime_priority(settings.realtime_priority):
-        log.info(line)
+    for line in (realtime_priority(settings.realtime_priority),
+                 ensure_descriptors(descriptors_needed(settings.max_calls, connection_caps(settings)))):
+        if line:
+            (log.warning if line.startswith("WARNING") else log.info)(line)
     core = core or MediaCore(settings)
     ops = Ops(core, settings)
     loop = asyncio.get_running_loop()

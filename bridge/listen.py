@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 CALL_HEADROOM = 32  # connections a call ingress accepts beyond MAX_CALLS: those calls are refused with a reason
 ADMIN_CONNECTIONS = 16  # the admin endpoint: a scraper and a few probes, each holding a keep-alive connection
 WARN_EVERY = 60.0  # seconds between two warnings that a listener is at its cap
+FDS_PER_CALL = 4  # a call's RTP socket, its vendor websocket, its ingress connection, a record file
+FDS_OWN = 64  # the process's own: stdio, the event loop, listening sockets, control links, webhooks, logs
 
 AtCap = Literal["refuse", "evict"]
 
@@ -43,7 +46,7 @@ class ConnectionCap:
     @classmethod
     def for_calls(cls, name: str, max_calls: int) -> ConnectionCap:
         """A call ingress (one connection per call): MAX_CALLS plus CALL_HEADROOM, new ones refused beyond."""
-        return cls(name, max_calls + CALL_HEADROOM)
+        return cls(name, call_cap(max_calls))
 
     @property
     def open(self) -> int:
@@ -102,6 +105,29 @@ class ConnectionCap:
         if now - self._warned >= WARN_EVERY:
             self._warned = now
             log.warning("! %s: at its cap of %d open connections, %s (%d so far)", self.name, self.limit, what, count)
+
+
+def call_cap(max_calls: int) -> int:
+    return max_calls + CALL_HEADROOM
+
+
+def descriptors_needed(max_calls: int, caps: list[int]) -> int:
+    """File descriptors the process may hold at once: MAX_CALLS calls, and every listener full to its cap."""
+    return FDS_OWN + FDS_PER_CALL * max_calls + sum(caps)
+
+
+def ensure_descriptors(needed: int) -> str:
+    """Raise this process's open-file limit (RLIMIT_NOFILE soft, up to the hard one) to `needed` if below: a
+    flood that fills every listener must not leave a call without its RTP socket. The start-up line, or ""."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return ""
+    raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < needed:
+        return (f"WARNING: open-file limit {raised} (hard limit) is below the {needed} that MAX_CALLS calls and full "
+                f"connection caps may hold: raise it (ulimit -n, systemd LimitNOFILE=) or lower MAX_CALLS")
+    return f"open-file limit raised from {soft} to {needed} (MAX_CALLS calls and full connection caps)"
 
 
 class _Capped(asyncio.Protocol):

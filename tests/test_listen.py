@@ -2,12 +2,14 @@
 
 At the cap a "refuse" listener closes the new connection before its server sees it, and admits again once one
 closes; an "evict" listener aborts the oldest, even one whose peer reads nothing (a close would wait for its send
-buffer to drain, for ever).
+buffer to drain, for ever). At start-up the open-file limit is raised to what full caps and MAX_CALLS need.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 from bridge.listen import ConnectionCap
 from tests.ops.harness import until
@@ -67,3 +69,21 @@ async def test_evict_aborts_the_oldest_even_with_a_full_send_buffer() -> None:
         for w in [*writers, *(w for _, w in [*slow, newest])]:
             w.close()
         await until(lambda: cap.open == 0)
+
+
+def _limit_after(soft: int, hard: int, needed: int) -> list[str]:
+    """In a child process with RLIMIT_NOFILE set to (soft, hard): ensure_descriptors(needed)'s line, new soft."""
+    code = ("import resource, sys; from bridge.listen import ensure_descriptors; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); line = ensure_descriptors({needed}); "
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], line)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(" ", 1)
+
+
+def test_the_open_file_limit_is_raised_to_what_full_caps_and_max_calls_need() -> None:
+    assert _limit_after(200, 400, 300) == ["300", "open-file limit raised from 200 to 300 (MAX_CALLS calls and "
+                                           "full connection caps)"]
+    soft, line = _limit_after(200, 250, 300)
+    assert soft == "250" and line.startswith("WARNING: open-file limit 250 (hard limit) is below the 300")
+    assert _limit_after(300, 400, 300) == ["300"]  # enough already: left alone, nothing said
