@@ -130,6 +130,7 @@ def test_audiosocket(case):
 @example('{"event": "MEDIA_START", "x": ' + DEEP + "}")  # RecursionError: escaped
 @example('{"event": "MEDIA_START", "connection_id": "c", "channel": "WebSocket/a", "channel_id": "1", "format": "ulaw",'
          ' "optimal_frame_size": 160, "ptime": 20, "channel_variables": [1]}')  # not a mapping: the server's ** raised
+@example("MEDIA_START " + "a" * 70_000)  # the field regex retried at every letter of a long word: 20 s
 def test_chan_websocket(case):
     """Invariant: parse_event() gives an event (MEDIA_START with integer sizes and string variables) or raises
     WebSocketProtocolError."""
