@@ -139,7 +139,7 @@ class SharedClock:
     def poll(self) -> None:
         """Dispatch the tick now if it is due. Called from every call's receive path: the timerfd's readiness waits
         behind the loop's other ready callbacks, and with hundreds of calls one wake-up holds hundreds of packets
-        (measured at 300 echo calls: the tick's start lateness p99 3.6-4.4 ms without this, 0.2 ms with it).
+        (at 300 echo calls the worst call's interval p99 went from a median of 4.6 ms to 1.9 ms over 5 runs).
         The timerfd read then finds the tick taken (0 expirations), so it is never sent twice."""
         if self._timer is not None and time.monotonic() >= self.due:
             self._on_timer()
