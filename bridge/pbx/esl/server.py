@@ -249,6 +249,7 @@ class OutboundSession:
     # -- FreeSWITCH -> us ---------------------------------------------------------------------------------------
 
     def _on_event(self, event: EslEvent) -> None:
+        self.core.clock.poll()  # FreeSWITCH sends its events in bursts at set-up (pacing p99, 20 calls: 7.6 -> 3.1 ms)
         match event.name:
             case "CHANNEL_EXECUTE_COMPLETE":
                 future = self._completions.get(event.headers.get("Application-UUID", ""))
