@@ -121,10 +121,13 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def free_udp_block(size: int, low: int = 20000, high: int = 32000) -> int:
-    """The first port of `size` consecutive UDP ports that are free now (below the ephemeral range)."""
+def free_udp_block(size: int, low: int = 20000, high: int = 32000, avoid: range = range(0)) -> int:
+    """The first port of `size` consecutive UDP ports that are free now (below the ephemeral range), apart from
+    `avoid`: FreeSWITCH binds its RTP ports only when a call needs one, so a free probe says nothing of them."""
     for _ in range(50):
         start = random.randrange(low, high - size) & ~1
+        if start < avoid.stop and avoid.start < start + size:
+            continue
         try:
             for port in range(start, start + size, 97):  # a sample: the whole block would take long
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -162,7 +165,8 @@ class FreeSwitchPeer:
     def _choose_ports(self) -> None:
         self.esl_port = free_port()
         self.sip_port = free_port(socket.SOCK_DGRAM)
-        self.rtp_start = free_udp_block(400)
+        start = free_udp_block(400)
+        self.rtp_ports = range(start, start + 400)
         self._write_config()
 
     def start_on_free_ports(self, attempts: int = 2) -> None:
@@ -193,7 +197,7 @@ class FreeSwitchPeer:
             (conf / name).write_text(_render(name, replacements))
         modules = "".join(f'<load module="{m}"/>' for m in MODULES)
         (conf / "freeswitch.xml").write_text(MAIN.format(
-            rtp_start=self.rtp_start, rtp_end=self.rtp_start + 399, modules=modules, dir=conf,
+            rtp_start=self.rtp_ports.start, rtp_end=self.rtp_ports.stop - 1, modules=modules, dir=conf,
             sip_port=self.sip_port, transfer_hz=TRANSFER_TONE_HZ))
 
     def start(self) -> None:

@@ -125,7 +125,7 @@ class Adapter:
 
     def __init__(self, fs: FreeSwitchPeer, agent_factory: Callable[[AgentContext], Agent] = RecordingEcho,
                  **overrides: object) -> None:
-        low = free_udp_block(200)
+        low = free_udp_block(200, avoid=fs.rtp_ports)  # FreeSWITCH's bind of an RTP port of ours fails the call
         self.settings = make_settings(
             sip_domain="127.0.0.1", sip_port=fs.adapter_sip[1], esl_listen=fs.adapter_esl,
             esl_inbound=("127.0.0.1", fs.esl_port), esl_password=fs.password, transfer_context="default",
@@ -263,6 +263,7 @@ def windows(heard: np.ndarray, sent: np.ndarray, part: slice, lag: int, rate: in
 def echo_of(record: Path) -> Echo:
     """How the A leg's recording heard its own WAV back: delay (from the noise part), correlation, level, pitch."""
     heard, sent, rate = read_stereo(record)
+    heard = np.concatenate([heard, np.zeros(2 * rate)])  # an echo that came too late meets silence, not the end
     start = int(np.argmax(np.abs(sent) > 1000)) - 1  # the WAV's first sample (a sine starts at 0)
     noise = slice(start + int(1.3 * rate), start + int(2.0 * rate))
     tone = slice(start + int(0.1 * rate), start + int(0.9 * rate))

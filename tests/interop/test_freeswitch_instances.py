@@ -100,9 +100,8 @@ async def place(fs: FreeSwitchPeer, k: int) -> float:
 
 
 async def test_three_instances_spread_drain_and_fail_over_in_the_dialplan(tmp_path, fs):
-    low = free_udp_block(200)  # below the ephemeral range: FreeSWITCH binds each port + 1 for its unicast side
-    while low < fs.rtp_start + 400 and fs.rtp_start < low + 200:  # and apart from FreeSWITCH's own RTP ports
-        low = free_udp_block(200)
+    # below the ephemeral range (FreeSWITCH binds each port + 1 for its unicast side), apart from its own RTP ports
+    low = free_udp_block(200, avoid=fs.rtp_ports)
     env = {"ESL_LISTEN": f"127.0.0.1:{fs.esl_base}", "SIP_ENABLED": "false", "MEDIA_ADDRESS": "127.0.0.1",
            "RTP_PORT_MIN": str(low), "RTP_PORT_MAX": str(low + 199), "ECHO_DELAY_MS": "100",
            "SHUTDOWN_DRAIN_SEC": "10"}
