@@ -73,7 +73,6 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.leg = leg
         self.playout = playout
         self.receiver = RtpReceiver(leg.remote, leg.pt, leg.dtmf_payload_type, leg.raw)
-        self.receiver.raw_silence = _raw_silence(leg)
         self.on_media = on_media
         self.sending = True
         self.transport: asyncio.DatagramTransport | None = None
@@ -113,7 +112,6 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         self.receiver.audio_pt = leg.pt
         self.receiver.dtmf_pt = leg.dtmf_payload_type
         self.receiver.raw = leg.raw
-        self.receiver.raw_silence = _raw_silence(leg)
 
     # -- asyncio callbacks ------------------------------------------------------------------------------------
 
@@ -164,8 +162,3 @@ class RtpEndpoint(asyncio.DatagramProtocol):
         if self.tap is not None:
             self.tap(frame)
         self._ts = (self._ts + FRAME_SAMPLES) & 0xFFFFFFFF
-
-
-def _raw_silence(leg: MediaLeg) -> bytes | None:
-    """One frame of codec silence for a raw G.711 leg (see RtpReceiver.raw_silence); None otherwise."""
-    return leg.format.silence_frame if leg.raw and leg.linear_rate is None else None

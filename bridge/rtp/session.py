@@ -53,9 +53,6 @@ class RtpReceiver:
     def __init__(self, signalled: Address | None, audio_pt: int, dtmf_pt: int | None, raw: bool = False) -> None:
         self.signalled = signalled
         self.raw = raw  # headerless frames (FreeSWITCH unicast): the datagram is the payload
-        # A raw G.711 leg's 20 ms of silence. FreeSWITCH's `unicast ... native` writes comfort noise as a frame
-        # of 0xFF in the *linear* size (2 bytes a sample, switch_ivr.c): that datagram is this one frame.
-        self.raw_silence: bytes | None = None
         self.peer: Address | None = None
         self.audio_pt = audio_pt
         self.dtmf_pt = dtmf_pt
@@ -79,9 +76,6 @@ class RtpReceiver:
         if self.raw:
             self.peer = source
             self.stats.received += 1
-            cng = self.raw_silence
-            if cng is not None and len(data) == 2 * len(cng) and data.count(0xFF) == len(data):
-                data = cng
             return Audio(data, self.stats.received & 0xFFFF)
         try:
             packet = RtpPacket.parse(data)

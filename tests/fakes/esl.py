@@ -11,8 +11,10 @@ It shares no code with bridge.pbx.esl.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import functools
 import re
 import time
 import uuid as uuidlib
@@ -21,6 +23,57 @@ FRAME = 160
 # What `unicast` sends while the channel reads comfort noise (no RTP from the caller: call start, pauses): a frame
 # of 0xFF in the *linear* size, 2 bytes a sample, even with `native` on a G.711 channel (switch_ivr.c, SFF_CNG).
 SILENCE = b"\xff" * 2 * FRAME
+
+
+
+def _ulaw(code: int) -> int:  # G.711 μ-law expansion (ITU-T G.711 table 2), as FreeSWITCH's mod_g711 decodes
+    code = ~code & 0xFF
+    magnitude = (((code & 0x0F) << 3) + 0x84) << ((code >> 4) & 0x07)
+    return 0x84 - magnitude if code & 0x80 else magnitude - 0x84
+
+
+def _alaw(code: int) -> int:  # G.711 A-law expansion (table 1)
+    code ^= 0x55
+    magnitude = (code & 0x0F) << 4
+    exponent = (code >> 4) & 0x07
+    magnitude = magnitude + 8 if exponent == 0 else (magnitude + 0x108) << (exponent - 1)
+    return magnitude if code & 0x80 else -magnitude
+
+
+def _to_ulaw(linear: int) -> int:  # linear_to_ulaw of FreeSWITCH's src/include/g711.h
+    linear, mask = (0x84 - linear, 0x7F) if linear < 0 else (0x84 + linear, 0xFF)
+    seg = (linear | 0xFF).bit_length() - 8
+    return (0x7F ^ mask) if seg >= 8 else (((seg << 4) | ((linear >> (seg + 3)) & 0xF)) ^ mask)
+
+
+def _to_alaw(linear: int) -> int:  # linear_to_alaw of the same file
+    mask = 0x55 | 0x80 if linear >= 0 else 0x55
+    if linear < 0:
+        linear = -linear - 8
+    seg = (linear | 0xFF).bit_length() - 8 if linear >= 0 else 24  # top_bit() of the unsigned: a tiny step below 0
+    if seg >= 8:
+        return (0x7F ^ mask) if linear >= 0 else (0x00 ^ mask)
+    return ((seg << 4) | ((linear >> (seg + 3 if seg else 4)) & 0x0F)) ^ mask
+
+
+class G711:
+    """One law both ways: what FreeSWITCH does to a G.711 channel's frames around a unicast without `native`
+    (decode what the channel reads, encode what comes back to write into it)."""
+
+    def __init__(self, name: str) -> None:
+        expand, compress = (_ulaw, _to_ulaw) if name == "PCMU" else (_alaw, _to_alaw)
+        self._decoded = [expand(code).to_bytes(2, "little", signed=True) for code in range(256)]
+        self._encoded = bytes(compress(v - 0x10000 if v & 0x8000 else v) for v in range(0x10000))  # by uint16
+
+    def decode(self, frame: bytes) -> bytes:
+        return b"".join(self._decoded[c] for c in frame)
+
+    def encode(self, pcm: bytes) -> bytes:
+        return bytes(self._encoded[v] for v in array.array("H", pcm[: len(pcm) // 2 * 2]))
+
+
+g711 = functools.cache(G711)  # one table pair per law
+
 
 # switch_url_encode: outside ' '..'~', plus these, become %XX (uppercase hex)
 _ENCODED = set(' #%&+:;<=>?@[\\]^`{|}"\r\n')
@@ -82,11 +135,14 @@ async def read_command(reader: asyncio.StreamReader) -> tuple[str, dict[str, str
 class UnicastMedia(asyncio.DatagramProtocol):
     """FreeSWITCH's unicast socket: bound to local-ip:local-port, sends read audio to remote, records writes."""
 
-    def __init__(self, remote: tuple[str, int], frames: list[bytes], silence: bytes = SILENCE) -> None:
+    def __init__(self, remote: tuple[str, int], frames: list[bytes], silence: bytes = SILENCE,
+                 law: G711 | None = None) -> None:
         self.remote = remote
-        self.frames = list(frames)
+        # a scripted SILENCE stands for comfort noise (SFF_CNG): sent as it is, native or not
+        self.frames = [law.decode(f) if law and f != SILENCE else f for f in frames]
         self.silence = silence
-        self.received: list[tuple[float, bytes]] = []  # (time.monotonic(), datagram)
+        self.law = law  # a G.711 channel forked without `native`: L16 on the wire, G.711 in the channel
+        self.received: list[tuple[float, bytes]] = []  # (time.monotonic(), what the channel got written)
         self.sent_at: list[float] = []
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -94,7 +150,7 @@ class UnicastMedia(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
-        self.received.append((time.monotonic(), data))
+        self.received.append((time.monotonic(), self.law.encode(data) if self.law else data))
 
     async def send_loop(self) -> None:
         """One frame per 20 ms on an absolute schedule: the script, then silence (the channel keeps reading)."""
@@ -331,9 +387,11 @@ class FakeSocketApp:
             return  # switch_ivr_activate_unicast fails to bind; the async socket already said +OK
         # without `native` the channel's audio is decoded to L16 at its actual rate (switch_ivr_activate_unicast)
         self.unicast_flags = h.get("flags", "")
-        silence = SILENCE if "native" in self.unicast_flags else b"\xff" * (self.rate // 50 * 2)
+        native = "native" in self.unicast_flags
+        silence = SILENCE if native else b"\xff" * (self.rate // 50 * 2)
+        law = g711(self.codec) if not native and self.codec in ("PCMU", "PCMA") else None
         loop = asyncio.get_running_loop()
-        _, self.media = await loop.create_datagram_endpoint(lambda: UnicastMedia(remote, self.script, silence),
+        _, self.media = await loop.create_datagram_endpoint(lambda: UnicastMedia(remote, self.script, silence, law),
                                                             local_addr=local)
         self._tasks.append(asyncio.create_task(self.media.send_loop()))
 

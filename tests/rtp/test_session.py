@@ -1,7 +1,5 @@
 """Source latching (symmetric RTP), DTMF de-duplication (RFC 4733 §2.5.1.4), drop counters."""
 
-from bridge.media import Codec, MediaLeg
-from bridge.rtp.endpoint import _raw_silence
 from bridge.rtp.packet import RtpPacket, TelephoneEvent
 from bridge.rtp.session import Audio, Dtmf, Inactivity, RtpReceiver
 
@@ -49,17 +47,6 @@ def test_raw_mode_takes_datagram_as_payload():
     r = RtpReceiver(None, 0, None, raw=True)
     out = r.receive(b"\x01" * 160, PEER)
     assert isinstance(out, Audio) and out.payload == b"\x01" * 160 and r.peer == PEER
-
-
-def test_raw_g711_comfort_noise_in_linear_size_is_one_frame_of_silence():
-    """`unicast ... native` writes comfort noise as 320 bytes of 0xFF (switch_ivr.c): 20 ms, not 40."""
-    r = RtpReceiver(None, 8, None, raw=True)
-    r.raw_silence = _raw_silence(MediaLeg(None, Codec.PCMA, raw=True))
-    assert r.receive(b"\xff" * 320, PEER).payload == b"\xd5" * 160  # A-law silence, one frame
-    assert r.receive(b"\xff" * 160, PEER).payload == b"\xff" * 160  # a real 20 ms A-law frame stays itself
-    assert r.receive(b"\x55" * 320, PEER).payload == b"\x55" * 320  # only the all-0xFF stand-in is replaced
-    assert _raw_silence(MediaLeg(None, raw=True, linear_rate=16000)) is None  # L16: 0xFF bytes are real samples
-    assert _raw_silence(MediaLeg(None, Codec.PCMU)) is None  # RTP carries CN as its own payload type
 
 
 class TestInactivity:

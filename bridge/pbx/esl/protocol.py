@@ -343,12 +343,13 @@ def hangup(cause: str = "NORMAL_CLEARING", uuid: str = "") -> bytes:
     return sendmsg("hangup", {"hangup-cause": cause}, uuid)
 
 
-def unicast(local: tuple[str, int], remote: tuple[str, int], transport: str = "udp", flags: str = "native",
+def unicast(local: tuple[str, int], remote: tuple[str, int], transport: str = "udp", flags: str = "",
             uuid: str = "") -> bytes:
     """Fork the channel's audio (`switch_ivr_activate_unicast`).
 
     FreeSWITCH binds `local` (its own side), sends the read audio to `remote` (ours), and writes into the
-    channel whatever arrives on `local`. With `native` the datagrams are the codec's bytes (G.711), no RTP header.
+    channel whatever arrives on `local`: 16-bit linear at the codec's rate, or with `flags` `native` the codec's
+    own bytes (G.711), no RTP header either way.
     """
     headers = {
         "local-ip": local[0], "local-port": str(local[1]),

@@ -4,7 +4,7 @@ Per connection (../shared/docs/pbx.md §2.4, §2.7): `connect` (the reply is the
 `linger` -> `execute answer` unless answered -> core.create_call -> `sendmsg` unicast to the call's UDP port ->
 call.run. A call that cannot start goes back to the dialplan (`set SIP_TO_AI_REFUSED=<why>`, `resume`, `exit`).
 FreeSWITCH binds the unicast `local` side itself: it gets the odd port next to ours (the pool hands out even
-ports only, so the adapter never binds the odd one). Frames are raw G.711 (`native`), no RTP header.
+ports only, so the adapter never binds the odd one). Frames are raw 16-bit linear audio, no RTP header.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bridge.call import Call, CallLog, MediaCore
 from bridge.config import Settings, allowed
 from bridge.errors import BridgeError
 from bridge.listen import ConnectionCap
-from bridge.media import Address, CallInfo, Codec, MediaLeg
+from bridge.media import Address, CallInfo, MediaLeg
 from bridge.pbx.esl import protocol as esl
 from bridge.pbx.esl.client import EslConnection
 from bridge.pbx.esl.protocol import EslError, EslEvent, EslMessage, Headers
@@ -32,18 +32,21 @@ ANSWER_TIMEOUT = 10.0  # seconds for `answer` to complete (a SIP 200/ACK round t
 # bind its side (async socket): silence this long means the fork failed, and the log should say so.
 NO_MEDIA_WARNING = 3.0
 REFUSED_VARIABLE = "SIP_TO_AI_REFUSED"  # set on a call given back to the dialplan: why (as the ARI ingress does)
-_CODECS = {"PCMU": Codec.PCMU, "PCMA": Codec.PCMA}
 MIN_RATE, MAX_RATE = 8000, 48000  # L16 rates a non-G.711 channel may fork at (narrowband to Opus's 48 kHz)
 def media_leg(channel: Headers) -> MediaLeg | str:
     """The unicast leg for the answered channel's read codec, or why there is none.
 
-    G.711 goes `native` (its own bytes, no transcoding in FreeSWITCH). Any other codec is forked without
-    `native`: switch_ivr_activate_unicast then decodes to L16 at the codec's actual rate (G.722 16 kHz,
-    Opus 48 kHz, loopback's L16), `Channel-Read-Codec-Rate` in the channel data.
+    Every codec, G.711 included, is forked without `native`: switch_ivr_activate_unicast then decodes to L16 at
+    the codec's actual rate (`Channel-Read-Codec-Rate`: G.711 8 kHz, G.722 16 kHz, Opus 48 kHz). `native`
+    would hand over G.711's own bytes, but FreeSWITCH 1.10 then writes what comes back with the channel's *read*
+    codec as the frame's codec: switch_core_session_write_frame locks that codec's mutex and holds it while the
+    RTP write waits for its 20 ms timer, and the channel's own read (switch_core_session_read_frame, which feeds
+    the fork) needs the same mutex while it waits for its timer. The two threads then take turns on one lock,
+    and the read can lose for hundreds of milliseconds: the caller's audio reached the adapter in single frames
+    every ~480 ms (1.10.12, in 6 of ~160 runs of 20 concurrent calls, 1-2 calls each; gdb showed the two
+    threads). Without `native` the write uses the fork's own L16 codec and the two never meet (0 in 61 runs).
     """
     name = channel.get("Channel-Read-Codec-Name", "")
-    if (codec := _CODECS.get(name)) is not None:
-        return MediaLeg(None, codec, raw=True)
     rate = channel.get("Channel-Read-Codec-Rate", "")
     if not name or not rate.isdigit() or not MIN_RATE <= int(rate) <= MAX_RATE:
         return f"channel codec {name!r} at rate {rate!r}: no audio to fork"
@@ -223,13 +226,12 @@ class OutboundSession:
         host = ours[0] if not ipaddress.ip_address(ours[0]).is_unspecified else self.conn.local[0]
         theirs: Address = (self.conn.peer[0], ours[1] + 1)
         self.call.update_media(dataclasses.replace(leg, remote=theirs))
-        flags = "" if leg.linear_rate else "native"
-        reply = await self._send(esl.unicast(theirs, (host, ours[1]), flags=flags))
+        reply = await self._send(esl.unicast(theirs, (host, ours[1])))
         if not reply.ok:
             raise EslError(f"unicast: {reply.reply_text}")
         fmt = leg.format
-        self.log.info("= unicast: freeswitch %s:%d <-> adapter %s:%d (%s at %d Hz%s)", *theirs, host, ours[1],
-                      fmt.encoding, fmt.rate, ", native" if flags else "")
+        self.log.info("= unicast: freeswitch %s:%d <-> adapter %s:%d (%s at %d Hz)", *theirs, host, ours[1],
+                      fmt.encoding, fmt.rate)
         self._fork = (theirs, (host, ours[1]))
 
     def _check_media(self) -> None:

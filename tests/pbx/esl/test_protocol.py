@@ -187,7 +187,9 @@ class TestCommands:
             b"sendmsg\ncall-command: execute\nexecute-app-name: answer\nevent-uuid: e1\n\n")
         assert esl.unicast(("10.0.0.1", 40001), ("10.0.0.5", 40000), uuid="u") == (
             b"sendmsg u\ncall-command: unicast\nlocal-ip: 10.0.0.1\nlocal-port: 40001\nremote-ip: 10.0.0.5\n"
-            b"remote-port: 40000\ntransport: udp\nflags: native\n\n")
+            b"remote-port: 40000\ntransport: udp\n\n")
+        assert esl.unicast(("10.0.0.1", 40001), ("10.0.0.5", 40000), flags="native").endswith(
+            b"transport: udp\nflags: native\n\n")
 
     def test_multiline_argument_travels_as_body(self):
         data = esl.execute("playback", "a\nb")
