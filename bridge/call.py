@@ -18,6 +18,7 @@ reads when scraped; whoever subscribes (bridge/ops) is never known here, and nev
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -356,6 +357,7 @@ class MediaCore:
         self.totals = Totals()
         self.links: dict[str, Callable[[], bool]] = {}  # configured PBX control links (ARI, ESL inbound): up?
         self.listeners: dict[str, ConnectionCap] = {}  # every TCP listener's connection cap, by name (metrics)
+        self.datagrams_denied: collections.Counter[str] = collections.Counter()  # UDP listeners' sources refused
         self.tap_factory: Callable[[str, Codec], MediaTap | None] | None = None
         self._awaiting_stream: dict[str, Call] = {}
         self._released_streams: dict[str, None] = {}  # ids of calls gone before their connection came (bounded)

@@ -40,6 +40,8 @@ class ConnectionCap:
         self.at_cap = at_cap
         self.refused = 0  # new connections closed at accept: `limit` open already
         self.evicted = 0  # oldest connections aborted to admit a new one
+        self.denied = 0  # closed at accept by the server on top: the peer is outside its allowed networks
+        self.timed_out = 0  # closed by the server on top: a message did not complete in time
         self._open: dict[_Capped, asyncio.BaseTransport] = {}  # insertion order: oldest first
         self._warned = -WARN_EVERY
 

@@ -259,6 +259,8 @@ async def test_slow_and_idle_connections_are_bounded_and_timed_out(adapter: tupl
     admin_idle = await asyncio.open_connection("127.0.0.1", ports["admin"])
     admin_slow = await asyncio.open_connection("127.0.0.1", ports["admin"])
     admin_slow[1].write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+    timed_out = 'sip_to_ai_connections_dropped_total{listener="sip",reason="timeout"}'
+    before = (await scrape(ports["admin"]))[timed_out]
     start = time.monotonic()
 
     async def trickle() -> None:
@@ -277,7 +279,7 @@ async def test_slow_and_idle_connections_are_bounded_and_timed_out(adapter: tupl
         assert all(await asyncio.gather(_closed_within(esl[0], COMMAND_TIMEOUT + 3),  # got "connect", no reply
                                         _closed_within(admin_idle[0], admin.IDLE_TIMEOUT + 3),
                                         _closed_within(admin_slow[0], admin.IDLE_TIMEOUT + 3)))
-
+        assert (await scrape(ports["admin"]))[timed_out] - before == len(half_open) + 1  # and the trickler
     finally:
         trickling.cancel()
         for _, w in [talker, *half_open, trickler, *extra, esl, admin_idle, admin_slow]:

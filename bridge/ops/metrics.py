@@ -193,8 +193,9 @@ class CoreCollector:
     def _listeners(self) -> Iterator[Metric]:
         open_ = GaugeMetricFamily("sip_to_ai_connections_open", "Accepted TCP connections open, by listener",
                                   labels=["listener"])
-        dropped = CounterMetricFamily("sip_to_ai_connections_dropped", "Connections closed as their listener was at "
-                                      "its cap: a new one at accept (limit), or the oldest for a new one (evicted)",
+        dropped = CounterMetricFamily("sip_to_ai_connections_dropped", "Connections a listener closed: at its cap, a "
+                                      "new one at accept (limit) or the oldest for a new one (evicted); from outside "
+                                      "its allowed networks (not_allowed); a SIP/TCP message late (timeout)",
                                       labels=["listener", "reason"])
         for name, cap in sorted(self.core.listeners.items()):
             open_.add_metric([name], cap.open)
@@ -202,5 +203,12 @@ class CoreCollector:
                 dropped.add_metric([name, "limit"], cap.refused)
             else:
                 dropped.add_metric([name, "evicted"], cap.evicted)
+            dropped.add_metric([name, "not_allowed"], cap.denied)
+            dropped.add_metric([name, "timeout"], cap.timed_out)
         yield open_
         yield dropped
+        denied = CounterMetricFamily("sip_to_ai_datagrams_denied", "UDP datagrams dropped as their source is outside "
+                                     "the listener's allowed networks (SIP_ALLOWED_CIDRS)", labels=["listener"])
+        for name, n in sorted(self.core.datagrams_denied.items()):
+            denied.add_metric([name], n)
+        yield denied

@@ -48,9 +48,7 @@ class SipServer:
         self.leg_transfer = leg_transfer  # tried before REFER (the ESL inbound control, when ESL_INBOUND is set)
         self.uas: Uas | None = None
         self.address: Address = (settings.sip_domain, settings.sip_port)
-        self.denied = 0
-        self.streams = ConnectionCap("sip", MAX_STREAMS)  # SIP/TCP connections
-        self.streams_timed_out = 0  # closed because a message did not complete within MESSAGE_TIMEOUT
+        self.streams = ConnectionCap("sip", MAX_STREAMS)  # SIP/TCP connections (denied, timed out: counted there)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._streams: dict[Address, asyncio.Transport] = {}
@@ -116,7 +114,7 @@ class SipServer:
         """One message in: admission, the UAS, then its events and output."""
         assert self.uas is not None
         if not self.allowed(source):
-            self.denied += 1
+            self.core.datagrams_denied["sip"] += 1  # UDP: a SIP/TCP peer from outside is closed as it connects
             log.debug("! SIP from %s:%d dropped: not in SIP_ALLOWED_CIDRS", *source)
             return
         self.uas.unavailable = self._unavailable()
@@ -362,7 +360,7 @@ class _Stream(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self.server.allowed(self.peer):
-            self.server.denied += 1
+            self.server.streams.denied += 1
             transport.close()
             return
         self.server._streams[self.peer] = self.transport  # type: ignore[assignment]
@@ -400,7 +398,7 @@ class _Stream(asyncio.Protocol):
     def _timed_out(self) -> None:
         self.deadline = None
         if self.transport is not None and not self.transport.is_closing():
-            self.server.streams_timed_out += 1
+            self.server.streams.timed_out += 1
             log.info("! SIP/TCP from %s:%d closed: no complete message within %g s", *self.peer, MESSAGE_TIMEOUT)
             self.transport.close()
 

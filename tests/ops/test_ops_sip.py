@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import wave
 
@@ -42,6 +43,25 @@ async def test_the_exposition_counts_the_calls_and_packets_made():
     assert sample(m, "sip_to_ai_rtp_dropped_total", reason="malformed") == 0
     assert ("process_cpu_seconds_total", ()) in m and sample(m, "sip_to_ai_ready") == 1
     assert sample(m, "sip_to_ai_asyncio_tasks") >= 1  # the scrape itself runs in one
+
+
+async def test_sources_outside_the_allowed_networks_are_counted_by_listener_and_transport():
+    """SIP from outside SIP_ALLOWED_CIDRS: each UDP datagram, each TCP connection (closed as it opens)."""
+    outside = (ipaddress.ip_network("10.0.0.0/8"),)
+    async with ops_bridge(sip_allowed_cidrs=outside, sip_transport_type="both") as bridge:
+        udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                                            remote_addr=("127.0.0.1", bridge.sip_port))
+        for _ in range(3):
+            udp.sendto(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\n\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.sip_port)
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # closed by the adapter, nothing said
+        writer.close()
+        udp.close()
+        await until(lambda: bridge.core.datagrams_denied["sip"] == 3)
+        m = await scrape(bridge)
+    assert sample(m, "sip_to_ai_datagrams_denied_total", listener="sip") == 3
+    assert sample(m, "sip_to_ai_connections_dropped_total", listener="sip", reason="not_allowed") == 1
+    assert sample(m, "sip_to_ai_connections_dropped_total", listener="sip", reason="timeout") == 0
 
 
 async def test_tool_calls_and_reconnects_are_counted_by_outcome_and_reason(tmp_path):

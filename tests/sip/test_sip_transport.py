@@ -43,7 +43,7 @@ async def test_sources_outside_the_allowed_cidrs_are_dropped():
         client = await RawClient.open()
         client.options(server.address)
         assert await client.recv(0.5) is None
-        assert server.denied == 1
+        assert server.core.datagrams_denied["sip"] == 1
         client.close()
 
 

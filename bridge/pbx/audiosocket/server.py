@@ -195,7 +195,6 @@ class AudioSocketServer:
         self.settings = settings
         self.address: Address = settings.audiosocket_listen
         self.sessions: set[AudioSocketSession] = set()
-        self.refused = 0
         self.cap = core.listeners["audiosocket"] = ConnectionCap.for_calls("audiosocket", settings.max_calls)
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
@@ -204,7 +203,7 @@ class AudioSocketServer:
             def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 peer = writer.get_extra_info("peername")
                 if not allowed(peer[0], self.settings.audiosocket_allowed_cidrs):  # every call spends API money
-                    self.refused += 1
+                    self.cap.denied += 1
                     log.warning("! audiosocket connection from %s refused: not in AUDIOSOCKET_ALLOWED_CIDRS", peer[0])
                     writer.close()
                     return

@@ -294,7 +294,6 @@ class EslOutboundServer:
         self.settings = settings
         self.address: Address = settings.esl_listen
         self.sessions: set[OutboundSession] = set()
-        self.refused = 0
         self.cap = core.listeners["esl"] = ConnectionCap.for_calls("esl", settings.max_calls)
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
@@ -303,7 +302,7 @@ class EslOutboundServer:
             def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 peer = writer.get_extra_info("peername")
                 if not allowed(peer[0], self.settings.esl_allowed_cidrs):  # every accepted call spends API money
-                    self.refused += 1
+                    self.cap.denied += 1
                     log.warning("! esl connection from %s refused: not in ESL_ALLOWED_CIDRS", peer[0])
                     writer.close()
                     return

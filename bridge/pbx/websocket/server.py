@@ -198,12 +198,11 @@ class WebSocketServer:
         self.settings = settings
         self.address: Address = settings.websocket_listen
         self.sessions: set[MediaSession] = set()
-        self.refused = 0
         self.cap = core.listeners["websocket"] = ConnectionCap.for_calls("websocket", settings.max_calls)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not allowed(request.remote or "", self.settings.websocket_allowed_cidrs):  # every call spends money
-            self.refused += 1
+            self.cap.denied += 1
             log.warning("! websocket from %s refused: not in WEBSOCKET_ALLOWED_CIDRS", request.remote)
             raise web.HTTPForbidden()
         ws = web.WebSocketResponse(protocols=(ws_protocol.SUBPROTOCOL,), max_msg_size=MAX_MESSAGE, autoping=True)

@@ -119,7 +119,7 @@ async def test_connection_from_outside_allowed_cidrs_is_closed_unanswered():
         fake = FakeAudioSocketClient(running.server.address)
         await fake.connect()
         await asyncio.wait_for(fake.ended.wait(), 5)
-        assert running.server.refused == 1 and not running.core.calls and fake.received == []
+        assert running.server.cap.denied == 1 and not running.core.calls and fake.received == []
 
 
 @pytest.mark.parametrize("overrides", [{"max_calls": 0}], ids=["max-calls"])

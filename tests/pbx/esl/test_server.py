@@ -320,7 +320,7 @@ async def test_connections_from_outside_the_allowed_networks_are_refused():
         reader, writer = await asyncio.open_connection(*server.address)
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed before a single command
         writer.close()
-        assert server.refused == 1 and not core.calls and not core.ports.in_use
+        assert server.cap.denied == 1 and not core.calls and not core.ports.in_use
 
 
 async def test_unicast_audio_stopping_hangs_the_channel_up():

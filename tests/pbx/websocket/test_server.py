@@ -143,4 +143,4 @@ async def test_connection_from_outside_allowed_cidrs_is_refused():
     async with Running(websocket_allowed_cidrs=cidrs) as running, aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await http.ws_connect(running.uri, protocols=("media",))
-        assert refused.value.status == 403 and running.server.refused == 1
+        assert refused.value.status == 403 and running.server.cap.denied == 1
