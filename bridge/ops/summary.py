@@ -65,9 +65,9 @@ class Summaries:
                 call.answered = event
             case TranscriptLine(role=role, text=text, offset=offset):
                 self._keep(call, call.transcript, MAX_LINES, {"at": round(offset, 3), "role": role, "text": text})
-            case ToolCalled(name=name, arguments=arguments, offset=offset):
+            case ToolCalled(name=name, arguments=arguments, outcome=outcome, offset=offset):
                 self._keep(call, call.tool_calls, MAX_TOOL_CALLS,
-                           {"at": round(offset, 3), "name": name, "arguments": dict(arguments)})
+                           {"at": round(offset, 3), "name": name, "arguments": dict(arguments), "outcome": outcome})
             case BargeIn():
                 call.barge_ins += 1
             case VendorReconnected():

@@ -78,7 +78,8 @@ async def test_tool_calls_and_reconnects_are_counted_by_outcome_and_reason(tmp_p
     assert sample(m, "sip_to_ai_vendor_reconnects_total", vendor="echo", reason="dropped") == 1
     assert sample(m, "sip_to_ai_vendor_reconnects_total", vendor="echo", reason="goaway") == 1
     (summary,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
-    assert [t["name"] for t in summary["tool_calls"]] == ["end_call", "lookup_order", "made_up", "lookup_order"]
+    assert [(t["name"], t["outcome"]) for t in summary["tool_calls"]] == [
+        ("end_call", "ok"), ("lookup_order", "unavailable"), ("made_up", "unknown"), ("lookup_order", "unavailable")]
     assert summary["reconnects"] == 2
 
 
