@@ -25,7 +25,6 @@ FRAME = 160
 SILENCE = b"\xff" * 2 * FRAME
 
 
-
 def _ulaw(code: int) -> int:  # G.711 μ-law expansion (ITU-T G.711 table 2), as FreeSWITCH's mod_g711 decodes
     code = ~code & 0xFF
     magnitude = (((code & 0x0F) << 3) + 0x84) << ((code >> 4) & 0x07)

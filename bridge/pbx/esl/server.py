@@ -32,7 +32,7 @@ ANSWER_TIMEOUT = 10.0  # seconds for `answer` to complete (a SIP 200/ACK round t
 # bind its side (async socket): silence this long means the fork failed, and the log should say so.
 NO_MEDIA_WARNING = 3.0
 REFUSED_VARIABLE = "SIP_TO_AI_REFUSED"  # set on a call given back to the dialplan: why (as the ARI ingress does)
-MIN_RATE, MAX_RATE = 8000, 48000  # L16 rates a non-G.711 channel may fork at (narrowband to Opus's 48 kHz)
+MIN_RATE, MAX_RATE = 8000, 48000  # L16 rates a channel may fork at (G.711's 8 kHz to Opus's 48 kHz)
 def media_leg(channel: Headers) -> MediaLeg | str:
     """The unicast leg for the answered channel's read codec, or why there is none.
 
